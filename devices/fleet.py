@@ -1,0 +1,100 @@
+"""A simulated fleet: machines stepping at a rate, each publishing through its own connection."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from devices.publisher import DevicePublisher
+from devices.simulator import Machine, make_fleet
+from twin.config import BrokerAddress
+from twin.messages import DeviceEvent, Reading
+from twin.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetOptions:
+    machines: int = 20
+    rate_hz: float = 1.0  # processes (readings) per machine per second
+    site: str = "site1"
+    seed: int = 0
+    batch: int = 1  # readings per MQTT message
+    count: int | None = None  # readings per machine, then stop; None runs until stopped
+    protocol: str = "5"
+
+
+class Fleet:
+    """Runs `FleetOptions.machines` simulated machines against one broker."""
+
+    def __init__(self, broker: BrokerAddress, topics: Topics, options: FleetOptions) -> None:
+        self.options = options
+        self.machines: list[Machine] = make_fleet(options.machines, options.seed)
+        self.publishers = [
+            DevicePublisher(broker, topics, options.site, m.name, m.type, protocol=options.protocol)
+            for m in self.machines
+        ]
+        self.readings = 0
+        self.events = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, connect_timeout: float = 10.0) -> None:
+        for publisher in self.publishers:
+            publisher.start()
+        for publisher in self.publishers:
+            if not publisher.wait_connected(connect_timeout):
+                log.warning("%s: not connected yet; its readings are queued", publisher.machine)
+        self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until a `count`-bounded run has published everything; True when done."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for publisher in self.publishers:
+            publisher.wait_delivered(5)
+            publisher.stop()
+
+    def _run(self) -> None:
+        opts = self.options
+        period = 1.0 / opts.rate_hz
+        seqs = [0] * len(self.machines)
+        pending: list[list[Reading]] = [[] for _ in self.machines]
+        next_tick = time.monotonic()
+        step = 0
+        while not self._stop.is_set() and (opts.count is None or step < opts.count):
+            now_ms = int(time.time() * 1000)
+            for i, (machine, publisher) in enumerate(
+                zip(self.machines, self.publishers, strict=True)
+            ):
+                values, events = machine.step()
+                pending[i].append(Reading(now_ms, seqs[i], values))
+                seqs[i] += 1
+                if len(pending[i]) >= opts.batch or events:
+                    publisher.publish_readings(pending[i])
+                    pending[i] = []
+                for event in events:
+                    publisher.publish_event(
+                        DeviceEvent(type=event.type, ts=now_ms, code=event.code)
+                    )
+                self.events += len(events)
+            self.readings += len(self.machines)
+            step += 1
+            next_tick += period
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+        for i, publisher in enumerate(self.publishers):
+            if pending[i]:
+                publisher.publish_readings(pending[i])

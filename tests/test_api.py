@@ -1,0 +1,120 @@
+import time
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from twin.app import Twin, create_app
+from twin.config import Settings
+from twin.messages import RawMessage
+
+NOW = int(time.time() * 1000)
+
+
+@pytest.fixture
+def twin(settings: Settings) -> Twin:
+    return Twin(settings)
+
+
+@pytest.fixture
+def client(twin: Twin) -> Iterator[TestClient]:
+    with TestClient(create_app(twin.settings, twin)) as client:
+        yield client
+
+
+def feed(twin: Twin, *messages: tuple[str, object]) -> None:
+    target = twin.pipeline.committed + len(messages)
+    for topic, body in messages:
+        payload = body if isinstance(body, bytes) else orjson.dumps(body)
+        twin.pipeline.submit(RawMessage(topic, payload, NOW), (0, 0, 0))  # QoS 0: no ack due
+    deadline = time.monotonic() + 5
+    while twin.pipeline.committed < target and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def test_machines_list_and_detail(twin: Twin, client: TestClient) -> None:
+    feed(
+        twin,
+        ("factory/a/m1/telemetry", {"ts": NOW, "seq": 0, "values": {"torque_nm": 40}}),
+        (
+            "factory/b/m2/telemetry",
+            [{"seq": 0, "values": {"x": 1}}, {"seq": 1, "values": {"x": 2}}],
+        ),
+        ("factory/b/m2/status", {"state": "online", "type": "M"}),
+    )
+    page = client.get("/machines").json()
+    assert page["total"] == 2
+    assert [m["machine"] for m in page["items"]] == ["m1", "m2"]
+    assert page["items"][1]["counters"]["received"] == 2
+    assert client.get("/machines", params={"site": "b", "online": True}).json()["total"] == 1
+    detail = client.get("/machines/m1").json()
+    assert detail == page["items"][0]
+    assert detail["values"]["torque_nm"] == {"value": 40, "ts": NOW}
+
+
+def test_unknown_machine_is_404_with_detail(client: TestClient) -> None:
+    response = client.get("/machines/nope")
+    assert response.status_code == 404
+    assert "nope" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"limit": 0}, {"limit": 5000}, {"offset": -1}, {"sort": "risk!"}, {"online": "maybe"}],
+)
+def test_bad_query_parameters_are_422(client: TestClient, params: dict[str, object]) -> None:
+    response = client.get("/machines", params=params)
+    assert response.status_code == 422
+    assert response.json()["detail"]
+
+
+def test_health_reports_broker_and_journal(twin: Twin, client: TestClient) -> None:
+    feed(twin, ("factory/a/m1/telemetry", {"values": {"x": 1}}))
+    health = client.get("/health").json()
+    assert health["status"] == "degraded"
+    assert health["broker_connected"] is False
+    assert "not connected to the MQTT broker" in health["problems"]
+    assert health["journal"]["committed"] == 1
+    assert health["machines"] == 1
+
+
+def test_deadletters_list_rejections_newest_first(twin: Twin, client: TestClient) -> None:
+    feed(
+        twin,
+        ("factory/a/m1/telemetry", b"not json"),
+        ("factory/a/m1/telemetry", [{"values": {"x": 1}}, {"values": {"Bad": 1}}]),
+        ("factory/a/m 1/telemetry", b"{}"),
+    )
+    body = client.get("/deadletters").json()
+    assert body["total"] == 3
+    assert body["by_reason"] == {"not_json": 1, "bad_signal_name": 1, "bad_topic": 1}
+    assert [d["reason"] for d in body["items"]] == ["bad_topic", "bad_signal_name", "not_json"]
+    assert body["items"][1]["index"] == 1
+    filtered = client.get("/deadletters", params={"reason": "not_json"}).json()
+    assert [d["payload"] for d in filtered["items"]] == ["not json"]
+    assert client.get("/deadletters", params={"reason": "nope"}).status_code == 422
+
+
+def test_openapi_is_served(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/health", "/machines", "/machines/{machine}", "/deadletters"} <= set(paths)
+
+
+def test_writes_are_open_without_configured_tokens(client: TestClient) -> None:
+    assert client.delete("/deadletters").status_code == 200
+
+
+def test_writes_need_a_valid_bearer_token_when_tokens_are_set(settings: Settings) -> None:
+    secured = settings.model_copy(update={"api_tokens": "s3cret, other"})
+    with TestClient(create_app(secured)) as client:
+        missing = client.delete("/deadletters")
+        assert missing.status_code == 401
+        assert missing.headers["www-authenticate"] == "Bearer"
+        assert "Bearer" in missing.json()["detail"]
+        wrong = client.delete("/deadletters", headers={"Authorization": "Bearer guess"})
+        assert wrong.status_code == 403
+        ok = client.delete("/deadletters", headers={"Authorization": "Bearer other"})
+        assert ok.status_code == 200
+        assert client.get("/machines").status_code == 200  # reads stay open

@@ -1,0 +1,126 @@
+"""Integration: simulator -> real Mosquitto -> twin -> API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from devices.fleet import Fleet, FleetOptions
+from devices.publisher import DevicePublisher
+from tests.services import Mosquitto, wait_until
+from twin.app import Twin, create_app
+from twin.config import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def twin(settings: Settings, mosquitto: Mosquitto) -> Iterator[tuple[Twin, TestClient]]:
+    twin = Twin(settings.model_copy(update={"mqtt_url": mosquitto.url}))
+    with TestClient(create_app(twin.settings, twin)) as client:
+        wait_until(lambda: twin.ingest.connected, 10, "the twin to connect")
+        yield twin, client
+
+
+def received(client: TestClient) -> int:
+    page = client.get("/machines", params={"limit": 1000}).json()
+    return sum(m["counters"]["received"] for m in page["items"])
+
+
+def test_simulated_fleet_reaches_the_api(twin: tuple[Twin, TestClient]) -> None:
+    service, client = twin
+    options = FleetOptions(machines=5, rate_hz=100, count=40, batch=4, seed=3)
+    fleet = Fleet(service.settings.broker, service.topics, options)
+    fleet.start()
+    assert fleet.wait(30)
+    fleet.stop()
+    wait_until(lambda: received(client) == 200, 20, "200 readings")
+    wait_until(
+        lambda: all(m["online"] is False for m in client.get("/machines").json()["items"]),
+        10,
+        "the devices' offline status",
+    )
+    page = client.get("/machines").json()
+    assert page["total"] == 5
+    for item in page["items"]:
+        assert item["type"] in {"L", "M", "H"}
+        assert item["counters"] == {
+            "received": 40,
+            "duplicates": 0,
+            "out_of_order": 0,
+            "gaps": 0,
+            "rejected": 0,
+            "rejected_by_reason": {},
+        }
+        assert set(item["values"]) >= {"air_temp_k", "torque_nm", "tool_wear_min"}
+        assert item["stats"]["torque_nm"]["count"] == 40
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_broker_restart_mid_stream_loses_nothing(
+    twin: tuple[Twin, TestClient], mosquitto: Mosquitto
+) -> None:
+    service, client = twin
+    options = FleetOptions(machines=4, rate_hz=100, count=400, seed=5)
+    fleet = Fleet(service.settings.broker, service.topics, options)
+    fleet.start()
+    wait_until(lambda: received(client) > 200, 20, "the stream to start")
+    mosquitto.restart(down_s=0.5)
+    assert fleet.wait(60)
+    fleet.stop()
+    wait_until(lambda: received(client) == 1600, 60, "all 1600 readings after the restart")
+    assert service.ingest.connects >= 2
+    wait_until(lambda: client.get("/health").json()["broker_connected"], 10, "reconnection")
+
+
+def test_malformed_burst_is_counted_and_ingest_keeps_going(
+    twin: tuple[Twin, TestClient],
+) -> None:
+    service, client = twin
+    device = DevicePublisher(service.settings.broker, service.topics, "s1", "m1", "L")
+    device.start()
+    assert device.wait_connected(10)
+    bad = [
+        b"\xff\xfe not utf-8",
+        b"{",
+        b"[]",
+        b'"string"',
+        b'{"values": {"x": "1"}}',
+        b'{"values": {"BAD": 1}}',
+        b'{"seq": -1, "values": {"x": 1}}',
+        b'{"ts": "soon", "values": {"x": 1}}',
+        b"[" + b'{"values":{"x":1}},' * 1000 + b'{"values":{"x":1}}]',
+        b" " * 300_000,
+    ]
+    for round_ in range(20):
+        for payload in bad:
+            device.publish_raw(payload)
+        device.publish_raw(orjson.dumps({"seq": round_, "values": {"x": round_}}))
+    assert device.wait_delivered(20)
+    device.stop()
+
+    def counters() -> dict[str, object]:
+        body = client.get("/machines/m1")
+        return body.json()["counters"] if body.status_code == 200 else {}
+
+    wait_until(lambda: counters().get("received") == 20, 20, "the 20 good readings")
+    c = counters()
+    assert c["rejected"] == 20 * 9  # `[]` is an empty batch: nothing to reject
+    assert c["rejected_by_reason"] == {
+        "not_json": 40,
+        "not_object": 20,
+        "bad_value": 20,
+        "bad_signal_name": 20,
+        "bad_seq": 20,
+        "bad_timestamp": 20,
+        "batch_too_large": 20,
+        "too_large": 20,
+    }
+    deadletters = client.get("/deadletters", params={"machine": "m1", "limit": 1000}).json()
+    assert deadletters["total"] == 180
+    assert client.get("/health").json()["status"] == "ok"
+    assert time.time()  # the twin is still serving

@@ -1,0 +1,36 @@
+"""`/deadletters`: what was rejected, and why."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from twin.api.deps import TwinDep, WriteAccess
+from twin.api.schemas import Cleared, DeadLettersPublic
+from twin.messages import Reason
+
+router = APIRouter(prefix="/deadletters", tags=["deadletters"])
+
+
+@router.get("", response_model=DeadLettersPublic, summary="Rejected messages, newest first")
+def list_deadletters(
+    twin: TwinDep,
+    machine: Annotated[str | None, Query(max_length=64)] = None,
+    reason: Reason | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    dl = twin.deadletters
+    return {
+        "total": dl.total,
+        "by_reason": dict(dl.by_reason),
+        "items": dl.query(machine, reason, limit),
+    }
+
+
+@router.delete(
+    "", response_model=Cleared, dependencies=[WriteAccess], summary="Empty the dead-letter list"
+)
+def clear_deadletters(twin: TwinDep) -> dict[str, int]:
+    """The counters by reason are kept; only the stored entries go."""
+    return {"cleared": twin.deadletters.clear()}

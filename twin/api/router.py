@@ -1,0 +1,24 @@
+"""Includes every resource router and the JSON error handler."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from twin.api import deadletters, health, machines
+
+log = logging.getLogger(__name__)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "internal error; see the twin's log"}, status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    app.include_router(health.router)
+    app.include_router(machines.router)
+    app.include_router(deadletters.router)
+    app.add_exception_handler(Exception, _internal_error)

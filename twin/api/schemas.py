@@ -1,0 +1,90 @@
+"""Response and request schemas, layered by direction (`...Public` goes out)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class SignalValue(BaseModel):
+    value: float
+    ts: int = Field(description="event time, epoch milliseconds")
+
+
+class SignalStats(BaseModel):
+    count: int
+    mean: float
+    min: float
+    max: float
+
+
+class CountersPublic(BaseModel):
+    received: int = Field(description="distinct readings applied")
+    duplicates: int = Field(description="repeated or redelivered readings, not applied again")
+    out_of_order: int = Field(description="readings older than a live value they carried")
+    gaps: int = Field(description="sequence numbers skipped and not (yet) received")
+    rejected: int
+    rejected_by_reason: dict[str, int]
+
+
+class MachinePublic(BaseModel):
+    machine: str
+    site: str
+    type: str | None = Field(description="machine type or model from the birth message")
+    online: bool | None = Field(description="from status messages; null before the first")
+    first_seen: int = Field(description="epoch ms")
+    last_seen: int = Field(description="epoch ms of the last message received")
+    values: dict[str, SignalValue]
+    stats: dict[str, SignalStats] = Field(description="over the recent window (stats_window_s)")
+    last_events: dict[str, dict[str, Any]]
+    counters: CountersPublic
+    revision: int
+
+
+class MachinePage(BaseModel):
+    items: list[MachinePublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class JournalHealth(BaseModel):
+    lag: int = Field(description="messages received and not yet committed")
+    committed: int = Field(description="messages committed since start")
+    replayed: int = Field(description="messages replayed from the journal at start")
+    rows: int
+    dropped: int = Field(description="rows dropped by the journal's size bound")
+    last_commit_ms: int | None
+    failure: str | None
+
+
+class HealthPublic(BaseModel):
+    status: str = Field(description="ok, or degraded with the reason in `problems`")
+    problems: list[str]
+    broker_connected: bool
+    uptime_s: float
+    machines: int
+    journal: JournalHealth
+
+
+class DeadLetterPublic(BaseModel):
+    id: int
+    received_at: int
+    topic: str
+    site: str | None
+    machine: str | None
+    reason: str
+    detail: str
+    index: int | None = Field(description="position in a batch, when the message was one")
+    payload: str = Field(description="the start of the payload, as text")
+
+
+class DeadLettersPublic(BaseModel):
+    total: int = Field(description="rejections counted since the journal began")
+    by_reason: dict[str, int]
+    items: list[DeadLetterPublic]
+
+
+class Cleared(BaseModel):
+    cleared: int

@@ -1,0 +1,95 @@
+"""The composition root: ingest -> journal -> state, and the API that reads the state."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from twin.config import Settings
+from twin.deadletters import DeadLetters
+from twin.ingest import Ingest
+from twin.journal import Journal
+from twin.messages import Limits
+from twin.pipeline import Pipeline
+from twin.state import FleetState
+from twin.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class Twin:
+    """The running service. The constructor only wires; `start` and `stop` do the I/O."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_root)
+        self.state = FleetState(settings.recent_readings, settings.stats_window_s)
+        self.deadletters = DeadLetters(settings.deadletter_max)
+        self.journal = Journal(
+            settings.journal_path, settings.journal_max_rows, settings.journal_sync
+        )
+        limits = Limits(
+            settings.max_payload_bytes, settings.max_batch, int(settings.max_future_s * 1000)
+        )
+        self.pipeline = Pipeline(
+            self.journal,
+            self.state,
+            self.deadletters,
+            self.topics,
+            limits,
+            commit_ms=settings.journal_commit_ms,
+            snapshot_interval_s=settings.snapshot_interval_s,
+        )
+        self.ingest = Ingest(settings, self.topics, self.pipeline.submit)
+        self.pipeline.ack = self.ingest.ack
+        self.started_at = time.monotonic()
+        self.running = False
+
+    def start(self) -> None:
+        """Open the journal, restore and replay, connect. Does nothing when already running."""
+        if self.running:
+            return
+        self.started_at = time.monotonic()
+        self.journal.open()
+        self.pipeline.start()
+        self.ingest.start()
+        self.running = True
+
+    def stop(self) -> None:
+        if not self.running:
+            return
+        # Flush first, while the broker connection can still carry the acknowledgements.
+        self.pipeline.stop()
+        self.ingest.stop()
+        self.journal.close()
+        self.running = False
+        log.info("stopped")
+
+
+def create_app(settings: Settings, twin: Twin | None = None) -> FastAPI:
+    """The FastAPI application; it starts and stops the twin with its lifespan."""
+    from twin.api import install
+
+    service = twin or Twin(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(
+        title="factory-twin",
+        summary="Digital twins of a machine fleet: live state, history, alerts, predictions.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.twin = service
+    install(app)
+    return app

@@ -1,0 +1,132 @@
+"""The `twin` command: `serve`, `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+
+import uvicorn
+
+from twin.config import Settings
+from twin.errors import TwinError
+
+log = logging.getLogger("twin")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # amqtt logs every packet at INFO; its warnings are what an operator needs.
+    logging.getLogger("amqtt").setLevel(logging.WARNING)
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError("must be between 1 and 65535")
+    return port
+
+
+def _serve(settings: Settings, host: str, port: int) -> None:
+    from twin.app import Twin, create_app
+
+    twin = Twin(settings)
+    twin.start()  # before uvicorn, so a bad data dir is one clear line, not a lifespan traceback
+    try:
+        # uvicorn turns SIGINT/SIGTERM into a lifespan shutdown, which flushes the journal.
+        app = create_app(settings, twin)
+        uvicorn.run(
+            app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False
+        )
+    finally:
+        twin.stop()
+
+
+def _demo(settings: Settings, machines: int, rate: float, port: int, mqtt_port: int) -> None:
+    from devices.fleet import Fleet, FleetOptions
+    from twin.app import Twin, create_app
+    from twin.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker("127.0.0.1", mqtt_port)
+    broker.start()
+    settings = settings.model_copy(
+        update={"mqtt_url": f"mqtt://127.0.0.1:{mqtt_port}", "mqtt_protocol": "3.1.1"}
+    )
+    twin = Twin(settings)
+    fleet = Fleet(settings.broker, twin.topics, FleetOptions(machines, rate, protocol="3.1.1"))
+
+    def start_fleet() -> None:
+        # The twin's session must exist before devices publish, or the first readings have
+        # nobody to be queued for.
+        while not twin.ingest.connected:
+            time.sleep(0.05)
+        fleet.start()
+        print(
+            f"\nfactory-twin demo: {machines} simulated machines at {rate} Hz\n"
+            f"  API:      http://127.0.0.1:{port}/machines\n"
+            f"  health:   http://127.0.0.1:{port}/health\n"
+            f"  API docs: http://127.0.0.1:{port}/docs\n"
+            f"  MQTT:     mqtt://127.0.0.1:{mqtt_port} (topics {settings.topic_root}/#)\n"
+            f"  data:     {settings.data_dir.resolve()}\n"
+            "Ctrl-C stops it.\n",
+            flush=True,
+        )
+
+    threading.Thread(target=start_fleet, name="demo-fleet", daemon=True).start()
+    try:
+        app = create_app(settings, twin)
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    finally:
+        fleet.stop()
+        broker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="twin",
+        description="factory-twin: digital twins of a machine fleet over MQTT. Settings come from "
+        "TWIN_* environment variables (and .env); see the README.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the twin service (MQTT ingest + HTTP API)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8000, help="HTTP port (8000)")
+
+    demo = commands.add_parser(
+        "demo", help="embedded broker + simulated fleet + twin + API, nothing else needed"
+    )
+    demo.add_argument("--machines", type=int, default=20, help="simulated machines (20)")
+    demo.add_argument("--rate", type=float, default=1.0, help="readings per machine per second (1)")
+    demo.add_argument("--port", type=_port, default=8000, help="HTTP port (8000)")
+    demo.add_argument("--mqtt-port", type=_port, default=1883, help="embedded broker port (1883)")
+
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        print(f"twin: bad settings:\n{exc}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level)
+    try:
+        if args.command == "serve":
+            _serve(settings, args.host, args.port)
+        elif args.command == "demo":
+            if args.machines < 1 or args.rate <= 0:
+                parser.error("--machines and --rate must be positive")
+            _demo(settings, args.machines, args.rate, args.port, args.mqtt_port)
+    except TwinError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Settings: the only place that reads the environment (``TWIN_*`` variables and ``.env``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BrokerAddress(BaseModel):
+    """Where the MQTT broker is, parsed from ``TWIN_MQTT_URL``."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+
+
+class Settings(BaseSettings):
+    """Every operator-facing setting; unset means off or the embedded default."""
+
+    model_config = SettingsConfigDict(env_prefix="TWIN_", env_file=".env", extra="ignore")
+
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_client_id: str = "factory-twin"
+    # MQTT 5 is the contract; 3.1.1 (clean_session=False) exists for brokers without 5,
+    # such as the embedded demo broker.
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=1)
+    topic_root: str = Field(default="factory", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    data_dir: Path = Path("twin-data")
+    journal_commit_ms: int = Field(default=20, ge=1, le=1000)
+    journal_max_rows: int = Field(default=2_000_000, ge=1000)
+    journal_sync: Literal["normal", "full"] = "normal"
+    snapshot_interval_s: float = Field(default=30.0, gt=0)
+
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_batch: int = Field(default=1000, ge=1)
+    max_future_s: float = Field(default=300.0, ge=0)
+    deadletter_max: int = Field(default=1000, ge=1)
+    recent_readings: int = Field(default=500, ge=1)
+    stats_window_s: float = Field(default=600.0, gt=0)
+
+    api_tokens: str = ""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must look like mqtt://[user:pass@]host[:port] or mqtts://...")
+        return value
+
+    @property
+    def broker(self) -> BrokerAddress:
+        parts = urlsplit(self.mqtt_url)
+        tls = parts.scheme == "mqtts"
+        return BrokerAddress(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or (8883 if tls else 1883),
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    @property
+    def tokens(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.api_tokens.split(",") if t.strip())
+
+    @property
+    def journal_path(self) -> Path:
+        return self.data_dir / "twin.sqlite3"

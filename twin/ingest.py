@@ -1,0 +1,163 @@
+"""MQTT ingest: the only twin module that imports paho.
+
+A persistent session (stable client id, clean start off, session expiry > 0, a large Receive
+Maximum) with QoS 1 subscriptions and manual acknowledgement: a message is acknowledged only when
+the pipeline says it is durable. paho reconnects by itself; every (re)connect resubscribes.
+Acknowledgements carry the connection generation: a PUBACK meant for a connection that has since
+dropped is not sent on the new one (its message is redelivered and recognised as a duplicate).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from twin.config import Settings
+from twin.messages import RawMessage
+from twin.topics import Topics
+
+log = logging.getLogger(__name__)
+
+_RECEIVE_MAXIMUM = 65535  # the most unacknowledged QoS 1 messages MQTT 5 lets a broker send
+
+Token = tuple[int, int, int]  # (connection generation, message id, qos)
+
+
+class Ingest:
+    """Receives device messages and hands them to `submit` as `RawMessage`s."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Topics,
+        submit: Callable[[RawMessage, Token], None],
+    ) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.submit = submit
+        self.connected = False
+        self.connects = 0
+        self.received = 0
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._client: mqtt.Client | None = None
+
+    def _build_client(self) -> mqtt.Client:
+        s = self.settings
+        v5 = s.mqtt_protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.mqtt_client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+        )
+        broker = s.broker
+        if broker.username is not None:
+            client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
+            client.tls_set()
+        client.will_set(self.topics.twin_status, b"offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        """Connect in the background; paho keeps reconnecting until `stop`."""
+        client = self._client = self._build_client()
+        broker = self.settings.broker
+        kwargs: dict[str, Any] = {}
+        if self.settings.mqtt_protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.settings.mqtt_session_expiry_s
+            props.ReceiveMaximum = _RECEIVE_MAXIMUM
+            kwargs = {"clean_start": False, "properties": props}
+        log.info(
+            "connecting to mqtt%s://%s:%d as %r",
+            "s" if broker.tls else "",
+            broker.host,
+            broker.port,
+            self.settings.mqtt_client_id,
+        )
+        client.connect_async(broker.host, broker.port, keepalive=30, **kwargs)
+        client.loop_start()
+
+    def stop(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        if self.connected:
+            self.connected = False  # so the disconnect below is not logged as a drop
+            offline = client.publish(self.topics.twin_status, b"offline", qos=1, retain=True)
+            offline.wait_for_publish(2)
+        client.disconnect()
+        client.loop_stop()
+        self._client = None
+        self.connected = False
+
+    def ack(self, tokens: Sequence[Token]) -> None:
+        """Acknowledge messages the pipeline made durable (called from its thread)."""
+        client = self._client
+        if client is None:
+            return
+        generation = self._generation
+        for gen, mid, qos in tokens:
+            if gen == generation and qos:
+                client.ack(mid, qos)
+
+    # -- paho callbacks (network thread) ------------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        with self._lock:
+            self._generation += 1
+        self.connected = True
+        self.connects += 1
+        log.info("connected to the broker (session present: %s)", flags.session_present)
+        client.publish(self.topics.twin_status, b"online", qos=1, retain=True)
+        subs = [(topic, 1) for topic in self.topics.subscriptions()]
+        client.subscribe(subs)
+        log.info("subscribed to %s", ", ".join(t for t, _ in subs))
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            self._generation += 1  # acknowledgements still due belong to the dropped connection
+        if self.connected:
+            log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+        self.connected = False
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self.received += 1
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = message._topic.decode("utf-8", errors="replace")
+        raw = RawMessage(topic, message.payload, int(time.time() * 1000))
+        self.submit(raw, (self._generation, message.mid, message.qos))

@@ -1,0 +1,187 @@
+"""The ingest pipeline: received message -> journal (group commit) -> decode -> state -> ack.
+
+One thread owns the journal. It takes what the MQTT thread received, commits it in one
+transaction every `commit_ms` at most, then decodes and applies it, and only then acknowledges
+the MQTT messages. A crash between receipt and commit loses nothing (the broker redelivers what
+was not acknowledged); a crash after the commit loses nothing either (replay on start), and the
+redelivered copies are recognised as duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from twin.deadletters import DeadLetters
+from twin.errors import JournalError
+from twin.journal import Journal
+from twin.messages import Limits, RawMessage, decode
+from twin.state import FleetState
+from twin.topics import Topics
+
+log = logging.getLogger(__name__)
+
+AckToken = Any  # what the MQTT side needs to acknowledge one message
+_MAX_BATCH = 20_000
+
+
+class Pipeline:
+    """Owns the journal and feeds the state."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        state: FleetState,
+        deadletters: DeadLetters,
+        topics: Topics,
+        limits: Limits,
+        *,
+        commit_ms: int = 20,
+        snapshot_interval_s: float = 30.0,
+    ) -> None:
+        self.journal = journal
+        self.state = state
+        self.deadletters = deadletters
+        self.topics = topics
+        self.limits = limits
+        self.commit_s = commit_ms / 1000
+        self.snapshot_interval_s = snapshot_interval_s
+        self.ack: Callable[[Sequence[AckToken]], None] = lambda tokens: None
+        self._inbox: queue.SimpleQueue[tuple[RawMessage, AckToken] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._snapshot_id = 0
+        self._last_snapshot = time.monotonic()
+        self.committed = 0
+        self.replayed = 0
+        self.last_commit_ms: int | None = None
+        self.failure: str | None = None
+
+    def submit(self, raw: RawMessage, token: AckToken) -> None:
+        """Called from the MQTT thread for every message; never blocks."""
+        self._inbox.put((raw, token))
+
+    @property
+    def pending(self) -> int:
+        """Messages received and not yet committed (the journal lag)."""
+        return self._inbox.qsize()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Restore the snapshot, replay the journal after it, then start committing."""
+        self._restore()
+        self._thread = threading.Thread(target=self._run, name="twin-journal", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Commit and acknowledge what was received, then write a final snapshot."""
+        if self._thread is None:
+            return
+        self._stopping.set()
+        self._inbox.put(None)
+        self._thread.join()
+        self._thread = None
+        if self.failure is None:
+            self._snapshot()
+        log.info("journal flushed: %d messages committed this run", self.committed)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._collect()
+            if batch:
+                try:
+                    self._commit(batch)
+                except JournalError as exc:
+                    # Nothing more can be made durable: stop acknowledging, so the broker keeps
+                    # every message for the next start.
+                    self.failure = str(exc)
+                    log.error("%s; ingest stopped, unacknowledged messages stay on the broker", exc)
+                    return
+            if self._stopping.is_set() and self._inbox.empty():
+                return
+            if time.monotonic() - self._last_snapshot >= self.snapshot_interval_s or (
+                self.journal.rows > self.journal.max_rows
+            ):
+                self._snapshot()
+
+    def _collect(self) -> list[tuple[RawMessage, AckToken]]:
+        try:
+            first = self._inbox.get(timeout=0.5)
+        except queue.Empty:
+            return []
+        if first is None:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.commit_s
+        while len(batch) < _MAX_BATCH:
+            remaining = deadline - time.monotonic()
+            try:
+                item = (
+                    self._inbox.get(timeout=remaining)
+                    if remaining > 0
+                    else self._inbox.get_nowait()
+                )
+            except queue.Empty:
+                break
+            if item is None:
+                break
+            batch.append(item)
+        return batch
+
+    def _commit(self, batch: list[tuple[RawMessage, AckToken]]) -> None:
+        raws = [raw for raw, _ in batch]
+        self.journal.append(raws)
+        self.committed += len(batch)
+        self.last_commit_ms = int(time.time() * 1000)
+        self._apply(raws)
+        self.ack([token for _, token in batch])
+
+    def _apply(self, raws: Sequence[RawMessage]) -> None:
+        topics, limits, state, deadletters = self.topics, self.limits, self.state, self.deadletters
+        for raw in raws:
+            decoded = decode(topics, raw.topic, raw.payload, raw.received_ms, limits)
+            state.apply(decoded, raw.received_ms)
+            if decoded.rejections:
+                deadletters.add(raw, decoded)
+
+    # -- snapshot and replay --------------------------------------------------------------------
+
+    def _snapshot(self) -> None:
+        upto = self.journal.last_id
+        blob = orjson.dumps({"machines": self.state.dump(), "deadletters": self.deadletters.dump()})
+        self.journal.save_snapshot(upto, blob)
+        self._snapshot_id = upto
+        self._last_snapshot = time.monotonic()
+        dropped = self.journal.prune(upto)
+        if dropped:
+            log.warning(
+                "journal over %d rows: dropped the %d oldest", self.journal.max_rows, dropped
+            )
+
+    def _restore(self) -> None:
+        snapshot = self.journal.load_snapshot()
+        if snapshot is not None:
+            self._snapshot_id, blob = snapshot
+            data = orjson.loads(blob)
+            self.state.load(data["machines"])
+            self.deadletters.load(data["deadletters"])
+        after = self._snapshot_id
+        while rows := self.journal.read_after(after):
+            self._apply([raw for _, raw in rows])
+            after = rows[-1][0]
+            self.replayed += len(rows)
+        log.info(
+            "restored %d machines from the snapshot at journal id %d, replayed %d messages",
+            len(self.state),
+            self._snapshot_id,
+            self.replayed,
+        )

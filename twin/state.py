@@ -1,0 +1,365 @@
+"""Live twin state: one `MachineTwin` per machine, and the fleet index the API queries.
+
+Ordering rules (see DESIGN.md, "Delivery and ordering"):
+- Event time wins: a reading older than a signal's live value goes to the recent window and the
+  counters, but does not move that live value back (`out_of_order`).
+- A reading whose `seq` was seen before (or, without `seq`, whose device timestamp and values
+  were seen before) is a duplicate: counted, never applied twice. Skipped sequence numbers count
+  as `gaps` until they arrive late.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from twin.messages import Decoded, DeviceEvent, Reading, Rejection, Status
+
+_MAX_MISSING = 4096  # sequence numbers remembered as missing, per machine
+_MAX_IDS = 1024  # identities of seq-less readings remembered, per machine
+
+SortKey = Literal["machine", "-machine", "site", "-site", "last_seen", "-last_seen"]
+
+
+@dataclass(slots=True)
+class Counters:
+    """Per-machine ingest counters."""
+
+    received: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    gaps: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class MachineTwin:
+    """The live state of one machine."""
+
+    __slots__ = (
+        "_ids",
+        "_ids_order",
+        "_max_seq",
+        "_min_seq",
+        "_missing",
+        "counters",
+        "first_seen",
+        "last_events",
+        "last_seen",
+        "latest_ts",
+        "machine",
+        "online",
+        "recent",
+        "revision",
+        "site",
+        "status_ts",
+        "type",
+        "values",
+    )
+
+    def __init__(self, machine: str, site: str, seen_ms: int, recent: int) -> None:
+        self.machine = machine
+        self.site = site
+        self.type: str | None = None
+        self.online: bool | None = None
+        self.status_ts = 0
+        self.first_seen = seen_ms
+        self.last_seen = seen_ms
+        self.latest_ts = 0  # newest event time of any applied reading
+        self.values: dict[str, tuple[float, int]] = {}
+        self.recent: deque[tuple[int, dict[str, float]]] = deque(maxlen=recent)
+        self.last_events: dict[str, dict[str, Any]] = {}
+        self.counters = Counters()
+        self.revision = 0
+        self._max_seq: int | None = None
+        self._min_seq = 0
+        self._missing: set[int] = set()
+        self._ids: set[tuple[Any, ...]] = set()
+        self._ids_order: deque[tuple[Any, ...]] = deque()
+
+    # -- applying -------------------------------------------------------------------------
+
+    def _is_new(self, reading: Reading) -> bool:
+        """Register the reading's identity; False when it was seen before."""
+        seq = reading.seq
+        if seq is None:
+            if not reading.device_ts:
+                return True  # nothing identifies it: receive time differs on redelivery
+            key = (reading.ts, *sorted(reading.values.items()))
+            if key in self._ids:
+                return False
+            self._ids.add(key)
+            self._ids_order.append(key)
+            if len(self._ids_order) > _MAX_IDS:
+                self._ids.discard(self._ids_order.popleft())
+            return True
+        top = self._max_seq
+        if top is None or seq > top:
+            if top is None:
+                self._min_seq = seq
+            if top is not None and seq > top + 1:
+                self.counters.gaps += seq - top - 1
+                self._missing.update(range(max(top + 1, seq - _MAX_MISSING), seq))
+                if len(self._missing) > _MAX_MISSING:
+                    self._missing = set(sorted(self._missing)[-_MAX_MISSING:])
+            self._max_seq = seq
+            return True
+        if seq in self._missing:
+            self._missing.discard(seq)
+            self.counters.gaps -= 1
+            return True
+        if seq < self._min_seq:
+            self._min_seq = seq  # older than anything seen from this device, so not seen
+            return True
+        if reading.device_ts and reading.ts > self.latest_ts:
+            # Newer than anything seen yet with an old seq: the device restarted its sequence.
+            self._max_seq = seq
+            self._missing.clear()
+            return True
+        return False
+
+    def apply_readings(self, readings: list[Reading]) -> bool:
+        counters = self.counters
+        values = self.values
+        changed = False
+        for reading in readings:
+            if not self._is_new(reading):
+                counters.duplicates += 1
+                continue
+            changed = True
+            counters.received += 1
+            ts = reading.ts
+            self.recent.append((ts, reading.values))
+            stale = False
+            for name, value in reading.values.items():
+                live = values.get(name)
+                if live is None or ts >= live[1]:
+                    values[name] = (value, ts)
+                else:
+                    stale = True
+            if stale:
+                counters.out_of_order += 1
+            if ts > self.latest_ts:
+                self.latest_ts = ts
+        return changed
+
+    def apply_status(self, status: Status) -> bool:
+        assert status.ts is not None
+        if status.ts < self.status_ts:
+            return False  # an older birth or will than the one applied
+        self.status_ts = status.ts
+        self.online = status.state == "online"
+        if status.type:
+            self.type = status.type
+        return True
+
+    def apply_event(self, event: DeviceEvent) -> bool:
+        self.last_events[event.type] = {"code": event.code, "ts": event.ts}
+        return True
+
+    def reject(self, rejections: Iterable[Rejection]) -> None:
+        by_reason = self.counters.rejected_by_reason
+        for rejection in rejections:
+            self.counters.rejected += 1
+            by_reason[rejection.reason] = by_reason.get(rejection.reason, 0) + 1
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def stats(self, window_ms: float) -> dict[str, dict[str, float]]:
+        """count/mean/min/max per signal over the readings within `window_ms` of the newest."""
+        since = self.latest_ts - window_ms
+        acc: dict[str, list[float]] = {}
+        for ts, values in self.recent:
+            if ts < since:
+                continue
+            for name, value in values.items():
+                slot = acc.get(name)
+                if slot is None:
+                    acc[name] = [1, value, value, value]
+                else:
+                    slot[0] += 1
+                    slot[1] += value
+                    if value < slot[2]:
+                        slot[2] = value
+                    if value > slot[3]:
+                        slot[3] = value
+        return {
+            name: {"count": n, "mean": total / n, "min": lo, "max": hi}
+            for name, (n, total, lo, hi) in acc.items()
+        }
+
+    def public(self, window_ms: float) -> dict[str, Any]:
+        """The twin as the API and MQTT serve it."""
+        c = self.counters
+        return {
+            "machine": self.machine,
+            "site": self.site,
+            "type": self.type,
+            "online": self.online,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "values": {name: {"value": v, "ts": ts} for name, (v, ts) in self.values.items()},
+            "stats": self.stats(window_ms),
+            "last_events": dict(self.last_events),
+            "counters": {
+                "received": c.received,
+                "duplicates": c.duplicates,
+                "out_of_order": c.out_of_order,
+                "gaps": c.gaps,
+                "rejected": c.rejected,
+                "rejected_by_reason": dict(c.rejected_by_reason),
+            },
+            "revision": self.revision,
+        }
+
+    # -- snapshot ---------------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "machine": self.machine,
+            "site": self.site,
+            "type": self.type,
+            "online": self.online,
+            "status_ts": self.status_ts,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "latest_ts": self.latest_ts,
+            "values": self.values,
+            "recent": list(self.recent),
+            "last_events": self.last_events,
+            "counters": asdict(self.counters),
+            "revision": self.revision,
+            "max_seq": self._max_seq,
+            "min_seq": self._min_seq,
+            "missing": sorted(self._missing),
+            "ids": [list(k) for k in self._ids_order],
+        }
+
+    @classmethod
+    def load(cls, data: dict[str, Any], recent: int) -> MachineTwin:
+        twin = cls(data["machine"], data["site"], data["first_seen"], recent)
+        twin.type = data["type"]
+        twin.online = data["online"]
+        twin.status_ts = data["status_ts"]
+        twin.last_seen = data["last_seen"]
+        twin.latest_ts = data["latest_ts"]
+        twin.values = {k: (v[0], v[1]) for k, v in data["values"].items()}
+        twin.recent.extend((ts, values) for ts, values in data["recent"])
+        twin.last_events = data["last_events"]
+        twin.counters = Counters(**data["counters"])
+        twin.revision = data["revision"]
+        twin._max_seq = data["max_seq"]
+        twin._min_seq = data["min_seq"]
+        twin._missing = set(data["missing"])
+        for key in data["ids"]:
+            ident = (key[0], *(tuple(pair) for pair in key[1:]))
+            twin._ids.add(ident)
+            twin._ids_order.append(ident)
+        return twin
+
+
+class FleetState:
+    """All machine twins, with the indexes fleet queries use. Thread-safe."""
+
+    def __init__(self, recent_readings: int = 500, stats_window_s: float = 600.0) -> None:
+        self.lock = threading.RLock()
+        self._recent = recent_readings
+        self._window_ms = stats_window_s * 1000
+        self._machines: dict[str, MachineTwin] = {}
+        self._ids: list[str] = []  # sorted machine ids
+        self._by_site: dict[str, list[str]] = {}  # site -> sorted machine ids
+
+    def __len__(self) -> int:
+        return len(self._machines)
+
+    def _twin(self, machine: str, site: str, seen_ms: int) -> MachineTwin:
+        twin = self._machines.get(machine)
+        if twin is None:
+            twin = MachineTwin(machine, site, seen_ms, self._recent)
+            self._add(twin)
+        return twin
+
+    def _add(self, twin: MachineTwin) -> None:
+        self._machines[twin.machine] = twin
+        bisect.insort(self._ids, twin.machine)
+        bisect.insort(self._by_site.setdefault(twin.site, []), twin.machine)
+
+    def apply(self, decoded: Decoded, received_ms: int) -> MachineTwin | None:
+        """Apply one decoded message; return the twin when it changed."""
+        address = decoded.address
+        if address is None:
+            return None
+        with self.lock:
+            twin = self._twin(address.machine, address.site, received_ms)
+            twin.last_seen = max(twin.last_seen, received_ms)
+            if decoded.rejections:
+                twin.reject(decoded.rejections)
+            changed = False
+            if decoded.readings:
+                changed = twin.apply_readings(decoded.readings)
+            elif decoded.status is not None:
+                changed = twin.apply_status(decoded.status)
+            elif decoded.event is not None:
+                changed = twin.apply_event(decoded.event)
+            if changed:
+                twin.revision += 1
+                return twin
+            return None
+
+    def get(self, machine: str) -> dict[str, Any] | None:
+        with self.lock:
+            twin = self._machines.get(machine)
+            return None if twin is None else twin.public(self._window_ms)
+
+    def query(
+        self,
+        site: str | None = None,
+        online: bool | None = None,
+        sort: SortKey = "machine",
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Filter, sort and page the fleet; return (total matching, page)."""
+        key = sort.lstrip("-")
+        reverse = sort.startswith("-")
+        with self.lock:
+            ids = self._ids if site is None else self._by_site.get(site, [])
+            machines = self._machines
+            if online is None and key == "machine":
+                # ids are kept sorted: slice the page without touching the other twins.
+                total = len(ids)
+                if reverse:
+                    stop = max(total - offset, 0)
+                    page_ids = ids[max(stop - limit, 0) : stop][::-1]
+                else:
+                    page_ids = ids[offset : offset + limit]
+                page = [machines[m] for m in page_ids]
+            else:
+                twins = [machines[m] for m in ids]
+                if online is not None:
+                    twins = [t for t in twins if t.online is online]
+                total = len(twins)
+                if key != "machine":
+                    twins.sort(key=lambda t: (getattr(t, key), t.machine), reverse=reverse)
+                elif reverse:
+                    twins.reverse()
+                page = twins[offset : offset + limit]
+            return total, [t.public(self._window_ms) for t in page]
+
+    # -- snapshot ---------------------------------------------------------------------------
+
+    def dump(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [twin.dump() for twin in self._machines.values()]
+
+    def load(self, machines: list[dict[str, Any]]) -> None:
+        with self.lock:
+            self._machines.clear()
+            self._ids.clear()
+            self._by_site.clear()
+            for data in machines:
+                self._add(MachineTwin.load(data, self._recent))
