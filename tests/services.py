@@ -78,7 +78,6 @@ class Mosquitto:
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {self.directory}/\n"
-            "autosave_interval 1\n"
             "max_queued_messages 1000000\n"
             "max_queued_bytes 1073741824\n"
             "max_inflight_messages 1000\n"

@@ -1,7 +1,7 @@
 import time
 from collections.abc import Iterator
 
-import orjson
+import msgspec
 import pytest
 from fastapi.testclient import TestClient
 
@@ -26,7 +26,7 @@ def client(twin: Twin) -> Iterator[TestClient]:
 def feed(twin: Twin, *messages: tuple[str, object]) -> None:
     target = twin.pipeline.committed + len(messages)
     for topic, body in messages:
-        payload = body if isinstance(body, bytes) else orjson.dumps(body)
+        payload = body if isinstance(body, bytes) else msgspec.json.encode(body)
         twin.pipeline.submit(RawMessage(topic, payload, NOW), (0, 0, 0))  # QoS 0: no ack due
     deadline = time.monotonic() + 5
     while twin.pipeline.committed < target and time.monotonic() < deadline:
@@ -77,6 +77,7 @@ def test_health_reports_broker_and_journal(twin: Twin, client: TestClient) -> No
     assert "not connected to the MQTT broker" in health["problems"]
     assert health["journal"]["committed"] == 1
     assert health["machines"] == 1
+    assert health["readings"] == {"received": 1, "duplicates": 0, "rejected": 0}
 
 
 def test_deadletters_list_rejections_newest_first(twin: Twin, client: TestClient) -> None:

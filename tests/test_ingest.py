@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import orjson
+import msgspec
 import pytest
 from fastapi.testclient import TestClient
 
@@ -99,7 +99,7 @@ def test_malformed_burst_is_counted_and_ingest_keeps_going(
     for round_ in range(20):
         for payload in bad:
             device.publish_raw(payload)
-        device.publish_raw(orjson.dumps({"seq": round_, "values": {"x": round_}}))
+        device.publish_raw(msgspec.json.encode({"seq": round_, "values": {"x": round_}}))
     assert device.wait_delivered(20)
     device.stop()
 

@@ -1,7 +1,7 @@
-import orjson
+import msgspec
 import pytest
 
-from twin.messages import Limits, Reading, decode, encode
+from twin.messages import Decoded, Limits, Reading, _decode_telemetry, decode, encode
 from twin.topics import Topics
 
 NOW = 1_800_000_000_000
@@ -10,7 +10,7 @@ LIMITS = Limits(max_payload_bytes=4096, max_batch=3, max_future_ms=60_000)
 
 
 def run(payload: object, topic: str = TOPIC) -> tuple[list[Reading], list[tuple[str, int | None]]]:
-    raw = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    raw = payload if isinstance(payload, bytes) else msgspec.json.encode(payload)
     decoded = decode(Topics(), topic, raw, NOW, LIMITS)
     return decoded.readings, [(r.reason, r.index) for r in decoded.rejections]
 
@@ -57,6 +57,7 @@ def test_batch_applies_valid_readings_and_rejects_bad_ones_one_by_one() -> None:
         ({"values": {"1x": 1}}, "bad_signal_name"),
         ({"values": {"x" * 65: 1}}, "bad_signal_name"),
         ({"values": {"x": "1"}}, "bad_value"),
+        (b'{"values": {"x": 1' + b"0" * 400 + b"}}", "bad_value"),
         ({"values": {"x": True}}, "bad_value"),
         ({"values": {"x": None}}, "bad_value"),
         ({"values": {"x": [1]}}, "bad_value"),
@@ -108,7 +109,7 @@ def test_status_birth_message() -> None:
 def test_bad_status_and_events_are_rejected_with_a_reason(
     kind: str, payload: object, reason: str
 ) -> None:
-    decoded = decode(Topics(), f"factory/s1/m1/{kind}", orjson.dumps(payload), NOW, LIMITS)
+    decoded = decode(Topics(), f"factory/s1/m1/{kind}", msgspec.json.encode(payload), NOW, LIMITS)
     assert [r.reason for r in decoded.rejections] == [reason]
     assert decoded.rejections[0].detail
 
@@ -125,3 +126,16 @@ def test_encode_round_trips_a_reading() -> None:
     reading = Reading(NOW, 3, {"x": 1.5})
     readings, _ = run(encode(reading.to_wire()))
     assert readings == [reading]
+
+
+def test_fast_and_precise_paths_decode_valid_telemetry_alike() -> None:
+    body = [
+        {"ts": NOW, "seq": 1, "values": {"x": 1, "y": 2.5}},
+        {"ts": "2027-01-15T08:00:00Z", "values": {"x": -3}},
+        {"values": {"z": 0}},
+    ]
+    fast = decode(Topics(), TOPIC, msgspec.json.encode(body), NOW, LIMITS)
+    precise = Decoded(fast.address)
+    _decode_telemetry(msgspec.json.decode(msgspec.json.encode(body)), precise, NOW, LIMITS)
+    assert fast.readings == precise.readings
+    assert all(type(v) is float for r in fast.readings for v in r.values.values())

@@ -1,7 +1,7 @@
 import time
 from pathlib import Path
 
-import orjson
+import msgspec
 
 from twin.deadletters import DeadLetters
 from twin.journal import Journal
@@ -24,7 +24,7 @@ def make(path: Path) -> tuple[Pipeline, list[object]]:
 
 def telemetry(seq: int, machine: str = "m1") -> RawMessage:
     body = {"ts": NOW + seq, "seq": seq, "values": {"x": seq}}
-    return RawMessage(f"factory/s1/{machine}/telemetry", orjson.dumps(body), NOW)
+    return RawMessage(f"factory/s1/{machine}/telemetry", msgspec.json.encode(body), NOW)
 
 
 def drain(pipeline: Pipeline, committed: int) -> None:

@@ -3,20 +3,24 @@
 Every inbound message decodes to a `Decoded`: what is valid in it, plus one `Rejection` (with a
 reason from `REASONS`) for each part that is not. Decoding never raises: bad input is data.
 
-Readings are validated by hand on orjson's output rather than by pydantic: measured here on
-batches of 50, 1.4 us against 2.7 us a reading, and the reading path is the hot one. The
-low-rate status and event messages use pydantic models.
+Telemetry, the hot path, has two decoders. The fast one lets msgspec parse and type-check a whole
+payload against `_WireReading` in one C pass; only a payload it refuses goes to the precise one,
+which parses it generically and checks each reading by hand, so every rejection gets its reason
+and a batch's valid readings still apply. Measured on batches of 50 here: ~2.0 us a reading for
+the fast path against ~2.9 us for the precise one (and ~5 us for pydantic per item). The
+low-rate status and event messages are pydantic models.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-import orjson
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from twin.topics import Address, BadTopic, Topics
@@ -32,6 +36,7 @@ CANONICAL_SIGNALS = (
 # Epoch milliseconds before 2001-09-09 are almost surely seconds sent by mistake.
 _MIN_EPOCH_MS = 1_000_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_FLOAT = sys.float_info.max
 _MS = timedelta(milliseconds=1)
 
 Reason = Literal[
@@ -134,6 +139,7 @@ class Limits:
 
 
 _known_names: set[str] = set()  # names already matched against SIGNAL_NAME
+_MAX_KNOWN_NAMES = 10_000  # past this, new names are matched every time (no unbounded growth)
 
 
 def parse_ts(value: Any, received_ms: int, max_future_ms: int) -> int:
@@ -160,31 +166,43 @@ def parse_ts(value: Any, received_ms: int, max_future_ms: int) -> int:
     return ts
 
 
+def _check_names(values: dict[str, Any]) -> None:
+    for name in values:
+        if name not in _known_names:
+            if not SIGNAL_NAME.match(name):
+                detail = f"signal {name[:80]!r} must match [a-z][a-z0-9_]{{0,63}}"
+                raise _Invalid("bad_signal_name", detail)
+            if len(_known_names) < _MAX_KNOWN_NAMES:
+                _known_names.add(name)
+
+
 def _reading(item: Any, received_ms: int, max_future_ms: int) -> Reading:
+    # Floats need no finiteness check: msgspec refuses NaN, Infinity and numbers that overflow
+    # a double. Integers it returns unbounded, so those are range-checked.
     if type(item) is not dict:
         raise _Invalid("not_object", "a reading must be a JSON object")
     values = item.get("values")
     if type(values) is not dict or not values:
         raise _Invalid("missing_values", "a reading needs a non-empty 'values' object")
+    if not _known_names.issuperset(values):
+        _check_names(values)
     for name, value in values.items():
-        if name not in _known_names:
-            if not SIGNAL_NAME.match(name):
-                raise _Invalid(
-                    "bad_signal_name", f"signal {name[:80]!r} must match [a-z][a-z0-9_]{{0,63}}"
-                )
-            _known_names.add(name)
         kind = type(value)
         if kind is float:
-            if not math.isfinite(value):
-                raise _Invalid("bad_value", f"signal {name!r} is not finite")
-        elif kind is not int:
+            continue
+        if kind is not int:
             raise _Invalid("bad_value", f"signal {name!r} must be a number, got {kind.__name__}")
+        if not -_MAX_FLOAT <= value <= _MAX_FLOAT:
+            raise _Invalid("bad_value", f"signal {name!r} is out of the range of a double")
+        values[name] = float(value)
     seq = item.get("seq")
     if seq is not None and (type(seq) is not int or seq < 0):
         raise _Invalid("bad_seq", "seq must be a non-negative integer")
     ts = item.get("ts")
     if ts is None:
         return Reading(received_ms, seq, values, False)
+    if type(ts) is int and _MIN_EPOCH_MS <= ts <= received_ms + max_future_ms:
+        return Reading(ts, seq, values)
     return Reading(parse_ts(ts, received_ms, max_future_ms), seq, values)
 
 
@@ -205,9 +223,11 @@ def decode(topics: Topics, topic: str, payload: bytes, received_ms: int, limits:
         detail = f"payload is larger than {limits.max_payload_bytes} bytes"
         out.rejections.append(Rejection("too_large", detail))
         return out
+    if address.kind == "telemetry" and _decode_telemetry_fast(payload, out, received_ms, limits):
+        return out
     try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
+        data = msgspec.json.decode(payload)
+    except msgspec.DecodeError as exc:
         out.rejections.append(Rejection("not_json", f"not JSON: {exc}"))
         return out
     if address.kind == "telemetry":
@@ -215,6 +235,43 @@ def decode(topics: Topics, topic: str, payload: bytes, received_ms: int, limits:
     else:
         _decode_status_or_event(data, out, received_ms, limits)
     return out
+
+
+class _WireReading(msgspec.Struct):
+    values: Annotated[dict[str, float], msgspec.Meta(min_length=1)]
+    ts: int | str | None = None
+    seq: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+_TELEMETRY = msgspec.json.Decoder(list[_WireReading] | _WireReading)
+
+
+def _decode_telemetry_fast(payload: bytes, out: Decoded, received_ms: int, limits: Limits) -> bool:
+    """Decode an all-valid telemetry payload; False sends it to the precise path."""
+    try:
+        wire = _TELEMETRY.decode(payload)
+    except msgspec.DecodeError:  # also msgspec.ValidationError
+        return False
+    items = wire if type(wire) is list else [wire]
+    if len(items) > limits.max_batch:
+        return False
+    latest = received_ms + limits.max_future_ms
+    readings = []
+    for item in items:
+        if not _known_names.issuperset(item.values):
+            return False
+        ts = item.ts
+        if ts is None:
+            readings.append(Reading(received_ms, item.seq, item.values, False))
+            continue
+        if type(ts) is not int or not _MIN_EPOCH_MS <= ts <= latest:
+            try:
+                ts = parse_ts(ts, received_ms, limits.max_future_ms)
+            except _Invalid:
+                return False
+        readings.append(Reading(ts, item.seq, item.values))
+    out.readings = readings
+    return True
 
 
 def _decode_telemetry(data: Any, out: Decoded, received_ms: int, limits: Limits) -> None:
@@ -267,5 +324,5 @@ def _decode_status_or_event(data: Any, out: Decoded, received_ms: int, limits: L
 def encode(obj: Any) -> bytes:
     """Serialise a payload for the wire (readings as `Reading.to_wire()`, models as dicts)."""
     if isinstance(obj, BaseModel):
-        return orjson.dumps(obj.model_dump(exclude_none=True))
-    return orjson.dumps(obj)
+        return msgspec.json.encode(obj.model_dump(exclude_none=True))
+    return msgspec.json.encode(obj)

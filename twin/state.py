@@ -134,6 +134,12 @@ class MachineTwin:
             counters.received += 1
             ts = reading.ts
             self.recent.append((ts, reading.values))
+            if ts >= self.latest_ts:
+                # In order (the common case): newer than every live value, so take them all.
+                self.latest_ts = ts
+                for name, value in reading.values.items():
+                    values[name] = (value, ts)
+                continue
             stale = False
             for name, value in reading.values.items():
                 live = values.get(name)
@@ -143,8 +149,6 @@ class MachineTwin:
                     stale = True
             if stale:
                 counters.out_of_order += 1
-            if ts > self.latest_ts:
-                self.latest_ts = ts
         return changed
 
     def apply_status(self, status: Status) -> bool:
@@ -272,6 +276,7 @@ class FleetState:
         self._machines: dict[str, MachineTwin] = {}
         self._ids: list[str] = []  # sorted machine ids
         self._by_site: dict[str, list[str]] = {}  # site -> sorted machine ids
+        self.totals = Counters()  # the fleet's counters, summed as they change
 
     def __len__(self) -> int:
         return len(self._machines)
@@ -298,9 +303,13 @@ class FleetState:
             twin.last_seen = max(twin.last_seen, received_ms)
             if decoded.rejections:
                 twin.reject(decoded.rejections)
+                self.totals.rejected += len(decoded.rejections)
             changed = False
             if decoded.readings:
+                before = twin.counters.received, twin.counters.duplicates
                 changed = twin.apply_readings(decoded.readings)
+                self.totals.received += twin.counters.received - before[0]
+                self.totals.duplicates += twin.counters.duplicates - before[1]
             elif decoded.status is not None:
                 changed = twin.apply_status(decoded.status)
             elif decoded.event is not None:
@@ -361,5 +370,10 @@ class FleetState:
             self._machines.clear()
             self._ids.clear()
             self._by_site.clear()
+            self.totals = Counters()
             for data in machines:
-                self._add(MachineTwin.load(data, self._recent))
+                twin = MachineTwin.load(data, self._recent)
+                self._add(twin)
+                self.totals.received += twin.counters.received
+                self.totals.duplicates += twin.counters.duplicates
+                self.totals.rejected += twin.counters.rejected

@@ -15,7 +15,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", response_model=HealthPublic, summary="Service health")
 def health(twin: TwinDep) -> dict[str, Any]:
-    pipeline, journal = twin.pipeline, twin.journal
+    pipeline, journal, totals = twin.pipeline, twin.journal, twin.state.totals
     problems = []
     if not twin.ingest.connected:
         problems.append("not connected to the MQTT broker")
@@ -27,6 +27,11 @@ def health(twin: TwinDep) -> dict[str, Any]:
         "broker_connected": twin.ingest.connected,
         "uptime_s": round(time.monotonic() - twin.started_at, 3),
         "machines": len(twin.state),
+        "readings": {
+            "received": totals.received,
+            "duplicates": totals.duplicates,
+            "rejected": totals.rejected,
+        },
         "journal": {
             "lag": pipeline.pending,
             "committed": pipeline.committed,

@@ -59,12 +59,19 @@ class JournalHealth(BaseModel):
     failure: str | None
 
 
+class ReadingTotals(BaseModel):
+    received: int = Field(description="distinct readings applied, whole fleet")
+    duplicates: int
+    rejected: int = Field(description="rejections attributed to a machine")
+
+
 class HealthPublic(BaseModel):
     status: str = Field(description="ok, or degraded with the reason in `problems`")
     problems: list[str]
     broker_connected: bool
     uptime_s: float
     machines: int
+    readings: ReadingTotals
     journal: JournalHealth
 
 
