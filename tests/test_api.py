@@ -1,5 +1,6 @@
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -119,3 +120,73 @@ def test_writes_need_a_valid_bearer_token_when_tokens_are_set(settings: Settings
         ok = client.delete("/deadletters", headers={"Authorization": "Bearer other"})
         assert ok.status_code == 200
         assert client.get("/machines").status_code == 200  # reads stay open
+
+
+def reading(seq: int, wear: float = 50, torque: float = 40, speed: float = 1500) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "values": {
+            "air_temp_k": 300.0,
+            "process_temp_k": 310.0,
+            "rotational_speed_rpm": speed,
+            "torque_nm": torque,
+            "tool_wear_min": wear,
+        },
+    }
+
+
+def scored(client: TestClient, machine: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        twin = client.get(f"/machines/{machine}").json()
+        if twin["risk"] is not None or twin["risk_reason"] != "not scored yet":
+            return twin
+        time.sleep(0.01)
+    raise AssertionError(f"{machine} was not scored")
+
+
+def test_every_machine_with_the_canonical_signals_carries_risk(
+    twin: Twin, client: TestClient
+) -> None:
+    feed(
+        twin,
+        ("factory/a/ok/status", {"state": "online", "type": "L"}),
+        ("factory/a/ok/telemetry", reading(1)),
+        ("factory/a/partial/telemetry", {"values": {"torque_nm": 40}}),
+    )
+    ok = scored(client, "ok")
+    risk = ok["risk"]
+    assert 0 <= risk["probability"] <= 1
+    assert risk["model_version"] == twin.scorer.models["default"].version
+    assert risk["threshold"] == twin.scorer.models["default"].threshold
+    contributions = list(risk["contributions"].values())
+    assert contributions == sorted(contributions, key=abs, reverse=True)
+    partial = scored(client, "partial")
+    assert partial["risk"] is None
+    assert partial["risk_reason"].startswith("missing signals: air_temp_k")
+
+
+def test_min_risk_and_sort_by_risk_list_the_machines_most_likely_to_fail(
+    twin: Twin, client: TestClient
+) -> None:
+    feed(
+        twin,
+        ("factory/a/calm/telemetry", reading(1)),
+        # Power far beyond the fleet's usual band: the model has seen those fail.
+        ("factory/a/strained/telemetry", reading(1, wear=230, torque=75, speed=1300)),
+    )
+    scored(client, "calm")
+    scored(client, "strained")
+    ranked = client.get("/machines", params={"sort": "-risk"}).json()["items"]
+    assert [m["machine"] for m in ranked] == ["strained", "calm"]
+    risky = client.get("/machines", params={"min_risk": 0.5}).json()
+    assert [m["machine"] for m in risky["items"]] == ["strained"]
+    assert client.get("/machines", params={"min_risk": 2}).status_code == 422
+
+
+def test_model_endpoint_lists_the_active_model_with_metrics(twin: Twin, client: TestClient) -> None:
+    body = client.get("/model").json()
+    active = body["active"]["default"]
+    assert active["metrics"]["cv5"]["average_precision"] > 0.5
+    assert active["training_data"]["rows"] == 10_000
+    assert body["stored"][0]["version"] == active["version"]

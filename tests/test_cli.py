@@ -96,10 +96,10 @@ class Serve:
 
 
 @pytest.fixture
-def serve(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[Serve]:
+def serve(mosquitto: Mosquitto, tmp_path: Path, data_dir: Path) -> Iterator[Serve]:
     env = {
         "TWIN_MQTT_URL": mosquitto.url,
-        "TWIN_DATA_DIR": str(tmp_path / "data"),
+        "TWIN_DATA_DIR": str(data_dir),
         "TWIN_SNAPSHOT_INTERVAL_S": "1",
     }
     twin = Serve(env, tmp_path / "twin.log")

@@ -1,4 +1,4 @@
-"""The composition root: ingest -> journal -> state, and the API that reads the state."""
+"""The composition root: ingest -> journal -> state -> model, and the API that reads the state."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from twin.deadletters import DeadLetters
 from twin.ingest import Ingest
 from twin.journal import Journal
 from twin.messages import Limits
+from twin.model import BUNDLED_CSV, DEFAULT_SCOPE, Predictor, Registry, fit, read_ai4i_csv
 from twin.pipeline import Pipeline
+from twin.risk import RiskScorer
 from twin.state import FleetState
 from twin.topics import Topics
 
@@ -44,8 +46,11 @@ class Twin:
             commit_ms=settings.journal_commit_ms,
             snapshot_interval_s=settings.snapshot_interval_s,
         )
+        self.registry = Registry(settings.models_dir)
+        self.scorer = RiskScorer(self.state, settings.score_interval_ms / 1000)
         self.ingest = Ingest(settings, self.topics, self.pipeline.submit)
         self.pipeline.ack = self.ingest.ack
+        self.pipeline.on_applied = self.scorer.observe
         self.started_at = time.monotonic()
         self.running = False
 
@@ -55,9 +60,21 @@ class Twin:
             return
         self.started_at = time.monotonic()
         self.journal.open()
+        self.scorer.models = self._load_models()
         self.pipeline.start()
+        self.scorer.flush()  # what the replay restored is scored before new messages arrive
         self.ingest.start()
         self.running = True
+
+    def _load_models(self) -> dict[str, Predictor]:
+        models = self.registry.load_active()
+        if DEFAULT_SCOPE not in models:
+            log.info("no usable default model: fitting one on the bundled AI4I 2020 data")
+            started = time.monotonic()
+            data = read_ai4i_csv(BUNDLED_CSV)
+            models[DEFAULT_SCOPE] = self.registry.add(fit(data, full_report=False), data)
+            log.info("fitted in %.1f s", time.monotonic() - started)
+        return models
 
     def stop(self) -> None:
         if not self.running:

@@ -1,12 +1,14 @@
-"""The `twin` command: `serve`, `demo`."""
+"""The `twin` command: `serve`, `demo`, `train`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 
@@ -86,6 +88,34 @@ def _demo(settings: Settings, machines: int, rate: float, port: int, mqtt_port: 
         broker.stop()
 
 
+def _train(settings: Settings, csv: Path, out: Path | None, seed: int) -> None:
+    from twin.model import Predictor, Registry, fit, read_ai4i_csv
+    from twin.model.registry import manifest_for
+
+    data = read_ai4i_csv(csv)  # a bad file fails here, before anything is written
+    log.info(
+        "fitting on %s: %d rows, %d failures (5-fold CV, then the 80/20 split, then all rows)",
+        data.source,
+        len(data.y),
+        data.positives,
+    )
+    fitted = fit(data, seed=seed)
+    if out is None:
+        predictor = Registry(settings.models_dir).add(fitted, data)
+        where = f"active default model in {settings.models_dir}"
+    else:
+        predictor = Predictor(fitted.pipeline, manifest_for(fitted, data, "default"))
+        predictor.save(out)
+        where = str(out)
+    log.info("saved model %s (%s)", predictor.version, where)
+    print(
+        json.dumps(
+            {"version": predictor.version, "threshold": fitted.threshold, **fitted.metrics},
+            indent=2,
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="twin",
@@ -106,6 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--port", type=_port, default=8000, help="HTTP port (8000)")
     demo.add_argument("--mqtt-port", type=_port, default=1883, help="embedded broker port (1883)")
 
+    train = commands.add_parser(
+        "train", help="fit the failure model on a CSV in the AI4I 2020 format, print its metrics"
+    )
+    train.add_argument("--csv", type=Path, required=True, help="training data (AI4I 2020 columns)")
+    train.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the model here instead of making it the active model in TWIN_DATA_DIR",
+    )
+    train.add_argument("--seed", type=int, default=0, help="cross-validation seed (0)")
+
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -116,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             _serve(settings, args.host, args.port)
+        elif args.command == "train":
+            _train(settings, args.csv, args.out, args.seed)
         elif args.command == "demo":
             if args.machines < 1 or args.rate <= 0:
                 parser.error("--machines and --rate must be positive")

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     recent_readings: int = Field(default=500, ge=1)
     stats_window_s: float = Field(default=600.0, gt=0)
 
+    score_interval_ms: int = Field(default=200, ge=1, le=60_000)
+
     api_tokens: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -76,3 +78,7 @@ class Settings(BaseSettings):
     @property
     def journal_path(self) -> Path:
         return self.data_dir / "twin.sqlite3"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"

@@ -23,7 +23,7 @@ from twin.deadletters import DeadLetters
 from twin.errors import JournalError
 from twin.journal import Journal
 from twin.messages import Limits, RawMessage, decode
-from twin.state import FleetState
+from twin.state import FleetState, MachineTwin
 from twin.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ class Pipeline:
         self.commit_s = commit_ms / 1000
         self.snapshot_interval_s = snapshot_interval_s
         self.ack: Callable[[Sequence[AckToken]], None] = lambda tokens: None
+        # Told which twins each batch changed (an empty set when idle): risk scoring hangs here.
+        self.on_applied: Callable[[set[MachineTwin]], None] = lambda changed: None
         self._inbox: queue.SimpleQueue[tuple[RawMessage, AckToken] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         # The journal's writes happen here; every other journal call waits for them first.
@@ -102,7 +104,9 @@ class Pipeline:
     def _run(self) -> None:
         while True:
             batch = self._collect()
-            if batch:
+            if not batch:
+                self.on_applied(set())
+            else:
                 try:
                     self._commit(batch)
                 except JournalError as exc:
@@ -154,11 +158,15 @@ class Pipeline:
 
     def _apply(self, raws: Sequence[RawMessage]) -> None:
         topics, limits, state, deadletters = self.topics, self.limits, self.state, self.deadletters
+        changed = set()
         for raw in raws:
             decoded = decode(topics, raw.topic, raw.payload, raw.received_ms, limits)
-            state.apply(decoded, raw.received_ms)
+            twin = state.apply(decoded, raw.received_ms)
+            if twin is not None:
+                changed.add(twin)
             if decoded.rejections:
                 deadletters.add(raw, decoded)
+        self.on_applied(changed)
 
     # -- snapshot and replay --------------------------------------------------------------------
 

@@ -22,7 +22,15 @@ from twin.messages import Decoded, DeviceEvent, Reading, Rejection, Status
 _MAX_MISSING = 4096  # sequence numbers remembered as missing, per machine
 _MAX_IDS = 1024  # identities of seq-less readings remembered, per machine
 
-SortKey = Literal["machine", "-machine", "site", "-site", "last_seen", "-last_seen"]
+SortKey = Literal[
+    "machine", "-machine", "site", "-site", "last_seen", "-last_seen", "risk", "-risk"
+]
+_SORT_ATTRIBUTES = {
+    "machine": "machine",
+    "site": "site",
+    "last_seen": "last_seen",
+    "risk": "probability",
+}
 
 
 @dataclass(slots=True)
@@ -55,6 +63,8 @@ class MachineTwin:
         "online",
         "recent",
         "revision",
+        "risk",
+        "risk_reason",
         "site",
         "status_ts",
         "type",
@@ -75,6 +85,8 @@ class MachineTwin:
         self.last_events: dict[str, dict[str, Any]] = {}
         self.counters = Counters()
         self.revision = 0
+        self.risk: dict[str, Any] | None = None  # set by twin.risk; not snapshotted (rescored)
+        self.risk_reason: str | None = "not scored yet"
         self._max_seq: int | None = None
         self._min_seq = 0
         self._missing: set[int] = set()
@@ -218,7 +230,14 @@ class MachineTwin:
                 "rejected_by_reason": dict(c.rejected_by_reason),
             },
             "revision": self.revision,
+            "risk": self.risk,
+            "risk_reason": self.risk_reason,
         }
+
+    @property
+    def probability(self) -> float:
+        """Failure probability for sorting; machines without risk sort as -1."""
+        return -1.0 if self.risk is None else float(self.risk["probability"])
 
     # -- snapshot ---------------------------------------------------------------------------
 
@@ -319,6 +338,10 @@ class FleetState:
                 return twin
             return None
 
+    def twins(self) -> Iterable[MachineTwin]:
+        """Every twin (hold `lock` while iterating)."""
+        return self._machines.values()
+
     def get(self, machine: str) -> dict[str, Any] | None:
         with self.lock:
             twin = self._machines.get(machine)
@@ -331,14 +354,15 @@ class FleetState:
         sort: SortKey = "machine",
         limit: int = 100,
         offset: int = 0,
+        min_risk: float | None = None,
     ) -> tuple[int, list[dict[str, Any]]]:
         """Filter, sort and page the fleet; return (total matching, page)."""
-        key = sort.lstrip("-")
+        key = _SORT_ATTRIBUTES[sort.lstrip("-")]
         reverse = sort.startswith("-")
         with self.lock:
             ids = self._ids if site is None else self._by_site.get(site, [])
             machines = self._machines
-            if online is None and key == "machine":
+            if online is None and min_risk is None and key == "machine":
                 # ids are kept sorted: slice the page without touching the other twins.
                 total = len(ids)
                 if reverse:
@@ -351,6 +375,8 @@ class FleetState:
                 twins = [machines[m] for m in ids]
                 if online is not None:
                     twins = [t for t in twins if t.online is online]
+                if min_risk is not None:
+                    twins = [t for t in twins if t.risk is not None and t.probability >= min_risk]
                 total = len(twins)
                 if key != "machine":
                     twins.sort(key=lambda t: (getattr(t, key), t.machine), reverse=reverse)

@@ -21,8 +21,9 @@ def list_machines(
     sort: SortKey = "machine",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
+    min_risk: Annotated[float | None, Query(ge=0, le=1)] = None,
 ) -> dict[str, Any]:
-    total, items = twin.state.query(site, online, sort, limit, offset)
+    total, items = twin.state.query(site, online, sort, limit, offset, min_risk)
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 

@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from twin.api import deadletters, health, machines
+from twin.api import deadletters, health, machines, model
 
 log = logging.getLogger(__name__)
 
@@ -20,5 +20,6 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     app.include_router(health.router)
     app.include_router(machines.router)
+    app.include_router(model.router)
     app.include_router(deadletters.router)
     app.add_exception_handler(Exception, _internal_error)

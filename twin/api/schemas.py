@@ -28,6 +28,17 @@ class CountersPublic(BaseModel):
     rejected_by_reason: dict[str, int]
 
 
+class RiskPublic(BaseModel):
+    probability: float = Field(ge=0, le=1, description="failure probability from the model")
+    model_version: str
+    threshold: float = Field(description="the model's alert threshold (best F1, out-of-fold)")
+    updated_at: int = Field(description="epoch ms of the scoring")
+    contributions: dict[str, float] = Field(
+        description="each feature group's additive share of the logit against the training "
+        "mean, largest magnitude first"
+    )
+
+
 class MachinePublic(BaseModel):
     machine: str
     site: str
@@ -40,6 +51,8 @@ class MachinePublic(BaseModel):
     last_events: dict[str, dict[str, Any]]
     counters: CountersPublic
     revision: int
+    risk: RiskPublic | None
+    risk_reason: str | None = Field(description="why `risk` is null")
 
 
 class MachinePage(BaseModel):
@@ -95,3 +108,20 @@ class DeadLettersPublic(BaseModel):
 
 class Cleared(BaseModel):
     cleared: int
+
+
+class ModelPublic(BaseModel):
+    version: str
+    scope: str
+    kind: str
+    features: list[str]
+    sklearn_version: str
+    training_data: dict[str, Any]
+    metrics: dict[str, Any]
+    threshold: float
+    created_at: str
+
+
+class ModelsPublic(BaseModel):
+    active: dict[str, ModelPublic] = Field(description="the model scoring each scope")
+    stored: list[ModelPublic] = Field(description="every stored model, newest first")

@@ -1,0 +1,82 @@
+"""Load a fitted model with its manifest, and score many machines in one vectorised call.
+
+The fast path: the pipeline's feature step, then `p = 1 / (1 + exp(-(w.z + b)))` with the
+scaler folded into `w` and `b`. It equals `predict_proba` to 1e-9 (a test shows it) and costs one
+transform per micro-batch, not one `predict_proba` per reading. Contributions are each feature
+group's additive share of the logit, relative to the training data's mean.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import sklearn
+from scipy.special import expit
+from sklearn.pipeline import Pipeline
+
+from twin.errors import TwinError
+from twin.model.training import feature_groups
+
+MODEL_FILE = "model.joblib"
+MANIFEST_FILE = "model.json"
+
+
+class ModelMismatch(TwinError):
+    """A stored model that this installation must not load (another scikit-learn version)."""
+
+
+class Predictor:
+    """A fitted pipeline ready to score feature rows."""
+
+    def __init__(self, pipeline: Pipeline, manifest: dict[str, Any]) -> None:
+        self.pipeline = pipeline
+        self.manifest = manifest
+        self.version: str = manifest["version"]
+        self.threshold: float = manifest["threshold"]
+        scale = pipeline.named_steps["scale"]
+        classify = pipeline.named_steps["classify"]
+        self._features = pipeline.named_steps["features"]
+        self._w = classify.coef_[0] / scale.scale_
+        self._b = float(classify.intercept_[0] - np.dot(self._w, scale.mean_))
+        self._mean = scale.mean_
+        groups = feature_groups(pipeline)
+        self.groups = list(dict.fromkeys(groups))
+        self._group_matrix = np.zeros((len(groups), len(self.groups)))
+        for column, group in enumerate(groups):
+            self._group_matrix[column, self.groups.index(group)] = 1.0
+
+    def score(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (n,) and per-group logit contributions (n, groups) for rows `X`."""
+        Z = self._features.transform(X)
+        probabilities = expit(Z @ self._w + self._b)
+        contributions = ((Z - self._mean) * self._w) @ self._group_matrix
+        return probabilities, contributions
+
+    def explain(self, contributions: np.ndarray) -> dict[str, float]:
+        """One row's contributions by group, largest magnitude first."""
+        order = np.argsort(-np.abs(contributions))
+        return {self.groups[i]: round(float(contributions[i]), 4) for i in order}
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self.pipeline, directory / MODEL_FILE)
+        (directory / MANIFEST_FILE).write_text(json.dumps(self.manifest, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> Predictor:
+        """Load a saved model; refuse one saved by another scikit-learn version."""
+        try:
+            manifest = json.loads((directory / MANIFEST_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelMismatch(f"no readable manifest in {directory}: {exc}") from exc
+        saved = manifest.get("sklearn_version")
+        if saved != sklearn.__version__:
+            raise ModelMismatch(
+                f"model {manifest.get('version')} was saved by scikit-learn {saved}, "
+                f"this is {sklearn.__version__}: refit it (twin train)"
+            )
+        return cls(joblib.load(directory / MODEL_FILE), manifest)
