@@ -100,6 +100,10 @@ def _applied(port: int) -> int:
     return int(_get(port, "/health")["readings"]["received"])
 
 
+def _scoring_seconds(port: int) -> float:
+    return float(_get(port, "/health")["scoring"]["seconds"])
+
+
 def twin(
     port: int, messages: dict[str, list[bytes]], expected: int, workdir: Path
 ) -> dict[str, float]:
@@ -126,11 +130,12 @@ def twin(
     process = subprocess.Popen(command, env=env)
     try:
         wait_until(connected, 30, "the twin to connect")
-        t0, cpu0 = time.perf_counter(), _cpu_seconds(process.pid)
+        t0, cpu0, score0 = time.perf_counter(), _cpu_seconds(process.pid), _scoring_seconds(api)
         while _applied(api) < expected:
             time.sleep(0.1)
         seconds = time.perf_counter() - t0
         cpu = _cpu_seconds(process.pid) - cpu0
+        scoring = _scoring_seconds(api) - score0
         status = Path(f"/proc/{process.pid}/status").read_text()
         peak_kib = int(
             next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
@@ -143,6 +148,7 @@ def twin(
         "readings": expected,
         "peak_rss_mib": peak_kib / 1024,
         "cpu_us_per_reading": cpu / expected * 1e6,
+        "scoring_share": scoring / seconds,
     }
 
 
@@ -173,6 +179,7 @@ def run_mode(name: str, readings: int, batch: int, machines: int) -> dict[str, A
         "ratio": round(our_rate / base_rate, 3),
         "twin_peak_rss_mib": round(ours["peak_rss_mib"], 1),
         "twin_cpu_us_per_reading": round(ours["cpu_us_per_reading"], 2),
+        "twin_scoring_share": round(ours["scoring_share"], 3),
     }
 
 
@@ -188,13 +195,13 @@ def main() -> int:
     ]
     print(
         f"{'mode':8} {'readings':>9} {'bare r/s':>10} {'twin r/s':>10} {'ratio':>6} "
-        f"{'twin RSS':>10} {'twin CPU/reading':>17}"
+        f"{'twin RSS':>10} {'twin CPU/reading':>17} {'scoring':>8}"
     )
     for r in rows:
         print(
             f"{r['mode']:8} {r['readings']:>9} {r['bare_readings_per_s']:>10} "
             f"{r['twin_readings_per_s']:>10} {r['ratio']:>6} {r['twin_peak_rss_mib']:>6} MiB "
-            f"{r['twin_cpu_us_per_reading']:>14} us"
+            f"{r['twin_cpu_us_per_reading']:>14} us {r['twin_scoring_share']:>8.1%}"
         )
     print(json.dumps(rows))
     return 0

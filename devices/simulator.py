@@ -56,6 +56,11 @@ class Machine:
         self.tool_wear_min = self.rng.randrange(0, 150)
         self._tool_life = self.rng.randint(200, 240)
 
+    @property
+    def process_minutes(self) -> int:
+        """Simulated minutes one process takes: the tool's cutting time, as its wear counts."""
+        return _WEAR_PER_PROCESS[self.type]
+
     def step(self) -> tuple[dict[str, float], list[Event]]:
         """Run one process; return the reading's values and the events it caused."""
         rng = self.rng
@@ -67,7 +72,7 @@ class Machine:
         power_w = rng.gauss(6500.0, 900.0)
         speed = min(2900.0, max(1150.0, power_w / torque * 60 / (2 * math.pi)))
         speed += rng.gauss(0, 20)
-        self.tool_wear_min += _WEAR_PER_PROCESS[self.type]
+        self.tool_wear_min += self.process_minutes
         values = {
             "air_temp_k": round(self.air_temp_k, 2),
             "process_temp_k": round(self.process_temp_k, 2),

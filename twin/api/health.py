@@ -41,4 +41,9 @@ def health(twin: TwinDep) -> dict[str, Any]:
             "last_commit_ms": pipeline.last_commit_ms,
             "failure": pipeline.failure,
         },
+        "scoring": {
+            "models": len(twin.scorer.models),
+            "scored": twin.scorer.scored,
+            "seconds": round(twin.scorer.seconds, 3),
+        },
     }

@@ -78,6 +78,12 @@ class ReadingTotals(BaseModel):
     rejected: int = Field(description="rejections attributed to a machine")
 
 
+class ScoringHealth(BaseModel):
+    models: int = Field(description="active models")
+    scored: int = Field(description="machine scorings since start")
+    seconds: float = Field(description="time spent scoring since start")
+
+
 class HealthPublic(BaseModel):
     status: str = Field(description="ok, or degraded with the reason in `problems`")
     problems: list[str]
@@ -86,6 +92,7 @@ class HealthPublic(BaseModel):
     machines: int
     readings: ReadingTotals
     journal: JournalHealth
+    scoring: ScoringHealth
 
 
 class DeadLetterPublic(BaseModel):
