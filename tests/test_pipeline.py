@@ -4,6 +4,7 @@ from pathlib import Path
 import msgspec
 
 from twin.deadletters import DeadLetters
+from twin.history import HistoryStore
 from twin.journal import Journal
 from twin.messages import Limits, RawMessage
 from twin.pipeline import Pipeline
@@ -16,7 +17,11 @@ NOW = int(time.time() * 1000)
 def make(path: Path) -> tuple[Pipeline, list[object]]:
     journal = Journal(path / "j.sqlite3")
     journal.open()
-    pipeline = Pipeline(journal, FleetState(), DeadLetters(), Topics(), Limits(), commit_ms=5)
+    history = HistoryStore(path / "j.sqlite3")
+    history.open()
+    pipeline = Pipeline(
+        journal, history, FleetState(), DeadLetters(), Topics(), Limits(), commit_ms=5
+    )
     acked: list[object] = []
     pipeline.ack = acked.extend
     return pipeline, acked

@@ -12,14 +12,17 @@ from fastapi import FastAPI
 
 from twin.config import Settings
 from twin.deadletters import DeadLetters
+from twin.history import HistoryStore
 from twin.ingest import Ingest
 from twin.journal import Journal
 from twin.messages import Limits
 from twin.model import BUNDLED_CSV, DEFAULT_SCOPE, Predictor, Registry, fit, read_ai4i_csv
+from twin.model.fleet import FEATURE_WINDOW_MS
 from twin.pipeline import Pipeline
 from twin.risk import RiskScorer
-from twin.state import FleetState
+from twin.state import FleetState, HistoryPolicy
 from twin.topics import Topics
+from twin.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,12 @@ class Twin:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_root)
-        self.state = FleetState(settings.recent_readings, settings.stats_window_s)
+        self.state = FleetState(
+            settings.recent_readings,
+            settings.stats_window_s,
+            HistoryPolicy(settings.history_bucket_s * 1000, FEATURE_WINDOW_MS),
+        )
+        self.history = HistoryStore(settings.journal_path)
         self.deadletters = DeadLetters(settings.deadletter_max)
         self.journal = Journal(
             settings.journal_path, settings.journal_max_rows, settings.journal_sync
@@ -40,6 +48,7 @@ class Twin:
         )
         self.pipeline = Pipeline(
             self.journal,
+            self.history,
             self.state,
             self.deadletters,
             self.topics,
@@ -49,6 +58,9 @@ class Twin:
         )
         self.registry = Registry(settings.models_dir)
         self.scorer = RiskScorer(self.state, settings.score_interval_ms / 1000)
+        self.trainer = Trainer(
+            self.history, self.registry, self.scorer, settings.history_bucket_s * 1000
+        )
         self.ingest = Ingest(settings, self.topics, self.pipeline.submit)
         self.pipeline.ack = self.ingest.ack
         self.pipeline.on_applied = self.scorer.observe
@@ -61,6 +73,7 @@ class Twin:
             return
         self.started_at = time.monotonic()
         self.journal.open()
+        self.history.open()
         self.scorer.models = self._load_models()
         self.pipeline.start()
         self.scorer.flush()  # what the replay restored is scored before new messages arrive
@@ -87,6 +100,7 @@ class Twin:
         # Flush first, while the broker connection can still carry the acknowledgements.
         self.pipeline.stop()
         self.ingest.stop()
+        self.history.close()
         self.journal.close()
         self.running = False
         log.info("stopped")

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     recent_readings: int = Field(default=500, ge=1)
     stats_window_s: float = Field(default=600.0, gt=0)
 
+    history_bucket_s: int = Field(default=300, ge=1, le=86_400)
     score_interval_ms: int = Field(default=200, ge=1, le=60_000)
 
     api_tokens: str = ""

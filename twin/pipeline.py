@@ -21,6 +21,7 @@ import msgspec
 
 from twin.deadletters import DeadLetters
 from twin.errors import JournalError
+from twin.history import HistoryStore
 from twin.journal import Journal
 from twin.messages import Limits, RawMessage, decode
 from twin.state import FleetState, MachineTwin
@@ -39,6 +40,7 @@ class Pipeline:
     def __init__(
         self,
         journal: Journal,
+        history: HistoryStore,
         state: FleetState,
         deadletters: DeadLetters,
         topics: Topics,
@@ -48,6 +50,7 @@ class Pipeline:
         snapshot_interval_s: float = 30.0,
     ) -> None:
         self.journal = journal
+        self.history = history
         self.state = state
         self.deadletters = deadletters
         self.topics = topics
@@ -152,9 +155,13 @@ class Pipeline:
         written = self._writer.submit(self.journal.append, raws)
         self._apply(raws)
         written.result()
+        self._writer.submit(self._write_history).result()
         self.committed += len(batch)
         self.last_commit_ms = int(time.time() * 1000)
         self.ack([token for _, token in batch])
+
+    def _write_history(self) -> None:
+        self.history.write(*self.state.history.drain())
 
     def _apply(self, raws: Sequence[RawMessage]) -> None:
         topics, limits, state, deadletters = self.topics, self.limits, self.state, self.deadletters
@@ -194,6 +201,7 @@ class Pipeline:
         after = self._snapshot_id
         while rows := self.journal.read_after(after):
             self._apply([raw for _, raw in rows])
+            self._write_history()
             after = rows[-1][0]
             self.replayed += len(rows)
         log.info(

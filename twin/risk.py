@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from twin.model import DEFAULT_SCOPE, Predictor, feature_row, missing_signals
+from twin.model.fleet import FleetSpec, features, series
 from twin.state import FleetState, MachineTwin
 
 log = logging.getLogger(__name__)
@@ -58,22 +59,41 @@ class RiskScorer:
     def _model_for(self, twin: MachineTwin) -> Predictor | None:
         return self.models.get(site_scope(twin.site)) or self.models.get(DEFAULT_SCOPE)
 
+    def machine_type(self, machine: str) -> str | None:
+        with self.state.lock:
+            twin = self.state.twin(machine)
+            return None if twin is None else twin.type
+
+    def _row(self, model: Predictor, twin: MachineTwin) -> tuple[list[float] | None, str | None]:
+        """The twin's feature row for `model`, or None and why not (hold the state lock)."""
+        live = {k: v for k, (v, _) in twin.values.items()}
+        if model.kind != "fleet":
+            missing = missing_signals(twin.values)
+            if missing:
+                return None, f"missing signals: {', '.join(missing)}"
+            return feature_row(live, twin.type), None
+        spec = FleetSpec.from_json(model.manifest["fleet"])
+        missing = [s for s in spec.signals if s not in live]
+        if missing:
+            return None, f"missing signals: {', '.join(missing)}"
+        events = [(ts, "error", code) for ts, code in twin.errors]
+        events += [(ts, "maintenance", code) for code, ts in twin.maintenance.items()]
+        data = series(list(twin.buckets), sorted(events))
+        return list(features(spec, data, np.asarray([twin.latest_ts]), live)[0]), None
+
     def _score(self, twins: Iterable[MachineTwin]) -> None:
         started = time.perf_counter()
         batches: dict[str, tuple[Predictor, list[MachineTwin], list[list[float]]]] = {}
         with self.state.lock:
             for twin in twins:
                 model = self._model_for(twin)
-                missing = missing_signals(twin.values)
-                if model is None or missing:
-                    twin.risk = None
-                    twin.risk_reason = (
-                        "no active model"
-                        if model is None
-                        else f"missing signals: {', '.join(missing)}"
-                    )
+                if model is None:
+                    twin.risk, twin.risk_reason = None, "no active model"
                     continue
-                row = feature_row({k: v for k, (v, _) in twin.values.items()}, twin.type)
+                row, reason = self._row(model, twin)
+                if row is None:
+                    twin.risk, twin.risk_reason = None, reason
+                    continue
                 batch = batches.setdefault(model.version, (model, [], []))
                 batch[1].append(twin)
                 batch[2].append(row)

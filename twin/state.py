@@ -45,21 +45,56 @@ class Counters:
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One machine's readings aggregated over `bucket_ms` of event time.
+
+    `signals` maps a signal to (n, sum, sum of squares, last value) of the readings sampled.
+    """
+
+    start: int
+    signals: dict[str, tuple[float, float, float, float]]
+
+
+@dataclass
+class HistoryPolicy:
+    """How twins aggregate history, and the closed buckets and events awaiting the store."""
+
+    bucket_ms: int = 300_000
+    window_ms: int = 24 * 3_600_000  # the longest feature window
+    samples: int = 50  # readings sampled per bucket, at most about
+    closed: list[tuple[str, str, Bucket]] = field(default_factory=list)
+    events: list[tuple[str, str, DeviceEvent]] = field(default_factory=list)
+
+    def drain(self) -> tuple[list[tuple[str, str, Bucket]], list[tuple[str, str, DeviceEvent]]]:
+        closed, events = self.closed, self.events
+        self.closed, self.events = [], []
+        return closed, events
+
+
 class MachineTwin:
     """The live state of one machine."""
 
     __slots__ = (
+        "_acc",
+        "_bucket",
+        "_history",
         "_ids",
         "_ids_order",
         "_max_seq",
         "_min_seq",
         "_missing",
+        "_seen",
+        "_stride",
+        "buckets",
         "counters",
+        "errors",
         "first_seen",
         "last_events",
         "last_seen",
         "latest_ts",
         "machine",
+        "maintenance",
         "online",
         "recent",
         "revision",
@@ -71,7 +106,9 @@ class MachineTwin:
         "values",
     )
 
-    def __init__(self, machine: str, site: str, seen_ms: int, recent: int) -> None:
+    def __init__(
+        self, machine: str, site: str, seen_ms: int, recent: int, history: HistoryPolicy
+    ) -> None:
         self.machine = machine
         self.site = site
         self.type: str | None = None
@@ -92,6 +129,16 @@ class MachineTwin:
         self._missing: set[int] = set()
         self._ids: set[tuple[Any, ...]] = set()
         self._ids_order: deque[tuple[Any, ...]] = deque()
+        # History: readings aggregate into buckets of event time; closed buckets within the
+        # longest feature window stay here (live features) and go to the history store.
+        self._history = history
+        self._bucket = 0  # start of the open bucket, epoch ms (0: none yet)
+        self._acc: dict[str, list[float]] = {}  # signal -> [n, sum, sum of squares]
+        self._seen = 0  # readings in the open bucket
+        self._stride = 1  # accumulate every stride-th reading (bounded work at high rates)
+        self.buckets: deque[Bucket] = deque()
+        self.errors: deque[tuple[int, str]] = deque()  # (ts, code) within the longest window
+        self.maintenance: dict[str, int] = {}  # code -> ts of the last maintenance event
 
     # -- applying -------------------------------------------------------------------------
 
@@ -151,6 +198,19 @@ class MachineTwin:
                 self.latest_ts = ts
                 for name, value in reading.values.items():
                     values[name] = (value, ts)
+                if ts >= self._bucket + self._history.bucket_ms:
+                    self._close_bucket(ts)
+                self._seen += 1
+                if self._seen % self._stride == 0:
+                    acc = self._acc
+                    for name, value in reading.values.items():
+                        slot = acc.get(name)
+                        if slot is None:
+                            acc[name] = [1, value, value * value]
+                        else:
+                            slot[0] += 1
+                            slot[1] += value
+                            slot[2] += value * value
                 continue
             stale = False
             for name, value in reading.values.items():
@@ -163,6 +223,26 @@ class MachineTwin:
                 counters.out_of_order += 1
         return changed
 
+    def _close_bucket(self, ts: int) -> None:
+        """Close the open bucket (if any) and open the one `ts` falls in."""
+        policy = self._history
+        if self._bucket and self._acc:
+            signals = {
+                name: (n, total, squares, self.values[name][0])
+                for name, (n, total, squares) in self._acc.items()
+            }
+            bucket = Bucket(self._bucket, signals)
+            self.buckets.append(bucket)
+            policy.closed.append((self.machine, self.site, bucket))
+            horizon = ts - policy.window_ms
+            while self.buckets and self.buckets[0].start < horizon:
+                self.buckets.popleft()
+        # Sample at most ~policy.samples readings per bucket, judged by the last bucket's rate.
+        self._stride = max(1, self._seen // policy.samples)
+        self._bucket = ts - ts % policy.bucket_ms
+        self._acc = {}
+        self._seen = 0
+
     def apply_status(self, status: Status) -> bool:
         assert status.ts is not None
         if status.ts < self.status_ts:
@@ -174,7 +254,16 @@ class MachineTwin:
         return True
 
     def apply_event(self, event: DeviceEvent) -> bool:
+        assert event.ts is not None
         self.last_events[event.type] = {"code": event.code, "ts": event.ts}
+        if event.type == "error":
+            self.errors.append((event.ts, event.code))
+            horizon = event.ts - self._history.window_ms
+            while self.errors and self.errors[0][0] < horizon:
+                self.errors.popleft()
+        elif event.type == "maintenance":
+            self.maintenance[event.code] = max(event.ts, self.maintenance.get(event.code, 0))
+        self._history.events.append((self.machine, self.site, event))
         return True
 
     def reject(self, rejections: Iterable[Rejection]) -> None:
@@ -260,11 +349,15 @@ class MachineTwin:
             "min_seq": self._min_seq,
             "missing": sorted(self._missing),
             "ids": [list(k) for k in self._ids_order],
+            "bucket": [self._bucket, self._acc, self._seen, self._stride],
+            "buckets": [[b.start, b.signals] for b in self.buckets],
+            "errors": list(self.errors),
+            "maintenance": self.maintenance,
         }
 
     @classmethod
-    def load(cls, data: dict[str, Any], recent: int) -> MachineTwin:
-        twin = cls(data["machine"], data["site"], data["first_seen"], recent)
+    def load(cls, data: dict[str, Any], recent: int, history: HistoryPolicy) -> MachineTwin:
+        twin = cls(data["machine"], data["site"], data["first_seen"], recent, history)
         twin.type = data["type"]
         twin.online = data["online"]
         twin.status_ts = data["status_ts"]
@@ -282,14 +375,27 @@ class MachineTwin:
             ident = (key[0], *(tuple(pair) for pair in key[1:]))
             twin._ids.add(ident)
             twin._ids_order.append(ident)
+        twin._bucket, twin._acc, twin._seen, twin._stride = data["bucket"]
+        twin.buckets.extend(
+            Bucket(start, {k: tuple(v) for k, v in signals.items()})  # type: ignore[misc]
+            for start, signals in data["buckets"]
+        )
+        twin.errors.extend((ts, code) for ts, code in data["errors"])
+        twin.maintenance = data["maintenance"]
         return twin
 
 
 class FleetState:
     """All machine twins, with the indexes fleet queries use. Thread-safe."""
 
-    def __init__(self, recent_readings: int = 500, stats_window_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        recent_readings: int = 500,
+        stats_window_s: float = 600.0,
+        history: HistoryPolicy | None = None,
+    ) -> None:
         self.lock = threading.RLock()
+        self.history = history or HistoryPolicy()
         self._recent = recent_readings
         self._window_ms = stats_window_s * 1000
         self._machines: dict[str, MachineTwin] = {}
@@ -303,7 +409,7 @@ class FleetState:
     def _twin(self, machine: str, site: str, seen_ms: int) -> MachineTwin:
         twin = self._machines.get(machine)
         if twin is None:
-            twin = MachineTwin(machine, site, seen_ms, self._recent)
+            twin = MachineTwin(machine, site, seen_ms, self._recent, self.history)
             self._add(twin)
         return twin
 
@@ -341,6 +447,10 @@ class FleetState:
     def twins(self) -> Iterable[MachineTwin]:
         """Every twin (hold `lock` while iterating)."""
         return self._machines.values()
+
+    def twin(self, machine: str) -> MachineTwin | None:
+        """One twin (hold `lock` while using it)."""
+        return self._machines.get(machine)
 
     def get(self, machine: str) -> dict[str, Any] | None:
         with self.lock:
@@ -398,7 +508,7 @@ class FleetState:
             self._by_site.clear()
             self.totals = Counters()
             for data in machines:
-                twin = MachineTwin.load(data, self._recent)
+                twin = MachineTwin.load(data, self._recent, self.history)
                 self._add(twin)
                 self.totals.received += twin.counters.received
                 self.totals.duplicates += twin.counters.duplicates

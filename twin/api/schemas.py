@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from twin.model.fleet import parse_duration
 
 
 class SignalValue(BaseModel):
@@ -117,7 +119,44 @@ class Cleared(BaseModel):
     cleared: int
 
 
+class TrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    site: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="train a model for one site"
+    )
+    label_horizon: str = Field(
+        default="24h", description="a failure within this long after a sample labels it (s/m/h/d)"
+    )
+    force: bool = Field(default=False, description="promote even if worse than the active model")
+
+    @field_validator("label_horizon")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class TrainingJobPublic(BaseModel):
+    id: int
+    state: str = Field(description="running, done or failed")
+    progress: str
+    scope: str
+    site: str | None
+    label_horizon_ms: int
+    force: bool
+    started_at: int
+    finished_at: int | None = None
+    error: str | None = None
+    candidate: dict[str, Any] | None = None
+    active: dict[str, Any] | None = None
+    promoted: bool | None = None
+    reason: str | None = None
+
+
 class ModelPublic(BaseModel):
+    model_config = ConfigDict(extra="allow")  # fleet models also carry their feature spec
+
     version: str
     scope: str
     kind: str
@@ -132,3 +171,4 @@ class ModelPublic(BaseModel):
 class ModelsPublic(BaseModel):
     active: dict[str, ModelPublic] = Field(description="the model scoring each scope")
     stored: list[ModelPublic] = Field(description="every stored model, newest first")
+    training: TrainingJobPublic | None = Field(description="the last training job")

@@ -6,7 +6,15 @@ The only package that imports scikit-learn and joblib.
 from twin.model.features import FEATURES, feature_row, missing_signals
 from twin.model.predictor import ModelMismatch, Predictor
 from twin.model.registry import DEFAULT_SCOPE, Registry
-from twin.model.training import BUNDLED_CSV, Dataset, Fitted, TrainingDataError, fit, read_ai4i_csv
+from twin.model.training import (
+    BUNDLED_CSV,
+    Dataset,
+    Fitted,
+    TrainingDataError,
+    fit,
+    fit_threshold,
+    read_ai4i_csv,
+)
 
 __all__ = [
     "BUNDLED_CSV",
@@ -20,6 +28,7 @@ __all__ = [
     "TrainingDataError",
     "feature_row",
     "fit",
+    "fit_threshold",
     "missing_signals",
     "read_ai4i_csv",
 ]

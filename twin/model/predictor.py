@@ -36,6 +36,8 @@ class Predictor:
         self.pipeline = pipeline
         self.manifest = manifest
         self.version: str = manifest["version"]
+        self.scope: str = manifest["scope"]
+        self.kind: str = manifest.get("kind", "ai4i")
         self.threshold: float = manifest["threshold"]
         scale = pipeline.named_steps["scale"]
         classify = pipeline.named_steps["classify"]
@@ -43,7 +45,12 @@ class Predictor:
         self._w = classify.coef_[0] / scale.scale_
         self._b = float(classify.intercept_[0] - np.dot(self._w, scale.mean_))
         self._mean = scale.mean_
-        groups = feature_groups(pipeline)
+        if manifest.get("kind") == "fleet":
+            names = manifest["features"]
+            width = len(self._features.get_feature_names_out())
+            groups = [name for name in names for _ in range(width // len(names))]
+        else:
+            groups = feature_groups(pipeline)
         self.groups = list(dict.fromkeys(groups))
         self._group_matrix = np.zeros((len(groups), len(self.groups)))
         for column, group in enumerate(groups):

@@ -26,10 +26,16 @@ log = logging.getLogger(__name__)
 DEFAULT_SCOPE = "default"
 
 
-def manifest_for(fitted: Fitted, data: Dataset, scope: str) -> dict[str, Any]:
+def new_version(tag: str) -> tuple[str, str]:
+    """A sortable, unique model version and its creation time."""
     created = datetime.now(UTC)
+    return f"{created:%Y%m%dT%H%M%S%f}-{tag}", created.isoformat()
+
+
+def manifest_for(fitted: Fitted, data: Dataset, scope: str) -> dict[str, Any]:
+    version, created = new_version(data.sha256[:8])
     return {
-        "version": f"{created:%Y%m%dT%H%M%S%f}-{data.sha256[:8]}",
+        "version": version,
         "scope": scope,
         "kind": "ai4i",
         "features": list(FEATURES),
@@ -37,7 +43,7 @@ def manifest_for(fitted: Fitted, data: Dataset, scope: str) -> dict[str, Any]:
         "training_data": {"source": data.source, "sha256": data.sha256, "rows": len(data.y)},
         "metrics": fitted.metrics,
         "threshold": fitted.threshold,
-        "created_at": created.isoformat(),
+        "created_at": created,
     }
 
 
@@ -58,9 +64,16 @@ class Registry:
             return {}
 
     def add(self, fitted: Fitted, data: Dataset, scope: str = DEFAULT_SCOPE) -> Predictor:
-        """Store a fitted model and make it the active one of `scope`."""
-        predictor = Predictor(fitted.pipeline, manifest_for(fitted, data, scope))
+        """Store a model fitted on AI4I-format data and make it the active one of `scope`."""
+        return self.store(Predictor(fitted.pipeline, manifest_for(fitted, data, scope)))
+
+    def store(self, predictor: Predictor, *, activate: bool = True) -> Predictor:
+        """Store a model; make it the active one of its scope unless `activate` is False."""
         predictor.save(self.root / predictor.version)
+        if not activate:
+            log.info("model %s stored as a candidate for %s", predictor.version, predictor.scope)
+            return predictor
+        scope = predictor.scope
         active = self._active()
         active[scope] = predictor.version
         tmp = self._active_file.with_suffix(".tmp")

@@ -207,6 +207,11 @@ def quality(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, fl
     }
 
 
+def fit_threshold(make: Any, X: np.ndarray, y: np.ndarray, seed: int = 0) -> float:
+    """The alert threshold for a model built by `make`, from its out-of-fold predictions."""
+    return best_threshold(y, out_of_fold(make(), X, y, seed))
+
+
 def out_of_fold(pipeline: Pipeline, X: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
     return cross_val_predict(pipeline, X, y, cv=folds, method="predict_proba")[:, 1]
@@ -232,7 +237,7 @@ def fit(data: Dataset, *, seed: int = 0, full_report: bool = True) -> Fitted:
             f"{data.source}: {data.positives} failures; at least 10 are needed to fit and measure"
         )
     oof = out_of_fold(build_pipeline(), data.X, data.y, seed)
-    threshold = best_threshold(data.y, oof)
+    threshold = best_threshold(data.y, oof)  # the same as fit_threshold, keeping oof for metrics
     metrics: dict[str, Any] = {
         "rows": len(data.y),
         "failures": data.positives,
@@ -249,6 +254,6 @@ def split_report(data: Dataset, make: Any = build_pipeline) -> dict[str, float]:
     X_train, X_test, y_train, y_test = train_test_split(
         data.X, data.y, test_size=0.2, stratify=data.y, random_state=0
     )
-    threshold = best_threshold(y_train, out_of_fold(make(), X_train, y_train, 0))
+    threshold = fit_threshold(make, X_train, y_train)
     model = make().fit(X_train, y_train)
     return quality(y_test, model.predict_proba(X_test)[:, 1], threshold)
