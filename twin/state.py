@@ -78,6 +78,8 @@ class MachineTwin:
     __slots__ = (
         "_acc",
         "_bucket",
+        "_bucket_end",
+        "_next_sample",
         "_history",
         "_ids",
         "_ids_order",
@@ -134,8 +136,10 @@ class MachineTwin:
         self._history = history
         self._bucket = 0  # start of the open bucket, epoch ms (0: none yet)
         self._acc: dict[str, list[float]] = {}  # signal -> [n, sum, sum of squares]
+        self._bucket_end = 0
         self._seen = 0  # readings in the open bucket
         self._stride = 1  # accumulate every stride-th reading (bounded work at high rates)
+        self._next_sample = 1  # the reading count at which to accumulate next
         self.buckets: deque[Bucket] = deque()
         self.errors: deque[tuple[int, str]] = deque()  # (ts, code) within the longest window
         self.maintenance: dict[str, int] = {}  # code -> ts of the last maintenance event
@@ -198,10 +202,13 @@ class MachineTwin:
                 self.latest_ts = ts
                 for name, value in reading.values.items():
                     values[name] = (value, ts)
-                if ts >= self._bucket + self._history.bucket_ms:
+                if ts >= self._bucket_end:
                     self._close_bucket(ts)
                 self._seen += 1
-                if self._seen % self._stride == 0:
+                if self._seen >= self._next_sample:
+                    if self._seen >= 2 * self._history.samples * self._stride:
+                        self._stride *= 2  # a faster stream than the last bucket's: thin out
+                    self._next_sample = self._seen + self._stride
                     acc = self._acc
                     for name, value in reading.values.items():
                         slot = acc.get(name)
@@ -240,8 +247,10 @@ class MachineTwin:
         # Sample at most ~policy.samples readings per bucket, judged by the last bucket's rate.
         self._stride = max(1, self._seen // policy.samples)
         self._bucket = ts - ts % policy.bucket_ms
+        self._bucket_end = self._bucket + policy.bucket_ms
         self._acc = {}
         self._seen = 0
+        self._next_sample = 1
 
     def apply_status(self, status: Status) -> bool:
         assert status.ts is not None
@@ -376,6 +385,8 @@ class MachineTwin:
             twin._ids.add(ident)
             twin._ids_order.append(ident)
         twin._bucket, twin._acc, twin._seen, twin._stride = data["bucket"]
+        twin._bucket_end = twin._bucket + history.bucket_ms if twin._bucket else 0
+        twin._next_sample = twin._seen + 1
         twin.buckets.extend(
             Bucket(start, {k: tuple(v) for k, v in signals.items()})  # type: ignore[misc]
             for start, signals in data["buckets"]
