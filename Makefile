@@ -37,6 +37,7 @@ test: $(BIN)/.installed services lint
 
 bench: $(BIN)/.installed services
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.model
 
 clean:
 	rm -rf $(VENV) twin-data .pytest_cache .ruff_cache
