@@ -82,15 +82,6 @@ class Trainer:
         threading.Thread(target=self._run, args=(job,), name="twin-train", daemon=True).start()
         return dict(job)
 
-    def wait(self, timeout: float) -> dict[str, Any] | None:
-        """Wait for the current job to end (tests, the CLI)."""
-        deadline = time.monotonic() + timeout
-        while self.job is not None and self.job["state"] == "running":
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        return self.job
-
     def _run(self, job: dict[str, Any]) -> None:
         try:
             job.update(self._train(job))
