@@ -2,6 +2,7 @@ import time
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from twin.deadletters import DeadLetters
 from twin.history import HistoryStore
@@ -94,3 +95,21 @@ def test_final_snapshot_makes_the_next_start_replay_nothing(tmp_path: Path) -> N
     assert second.replayed == 0
     assert second.state.get("m1") == first.state.get("m1")
     second.stop()
+
+
+def test_ingest_logs_what_it_did_once_a_period(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipeline, _ = make(tmp_path)
+    pipeline.summary_s = 0.05
+    caplog.set_level("INFO", logger="twin.pipeline")
+    pipeline.start()
+    pipeline.submit(telemetry(1), None)
+    pipeline.submit(telemetry(1), None)
+    pipeline.submit(RawMessage("factory/s1/m1/telemetry", b"[1]", NOW), None)
+    drain(pipeline, 3)
+    deadline = time.monotonic() + 5
+    while "rejected" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pipeline.stop()
+    assert "3 messages, 1 readings applied, 1 duplicates, 1 rejected (not_object 1)" in caplog.text

@@ -48,6 +48,7 @@ class Pipeline:
         *,
         commit_ms: int = 20,
         snapshot_interval_s: float = 30.0,
+        summary_s: float = 60.0,
     ) -> None:
         self.journal = journal
         self.history = history
@@ -57,6 +58,7 @@ class Pipeline:
         self.limits = limits
         self.commit_s = commit_ms / 1000
         self.snapshot_interval_s = snapshot_interval_s
+        self.summary_s = summary_s  # how often ingest logs what it did
         self.ack: Callable[[Sequence[AckToken]], None] = lambda tokens: None
         # Told which twins each batch changed (an empty set when idle): risk scoring hangs here.
         self.on_applied: Callable[[set[MachineTwin]], None] = lambda changed: None
@@ -71,6 +73,11 @@ class Pipeline:
         self.replayed = 0
         self.last_commit_ms: int | None = None
         self.failure: str | None = None
+        self._last_summary: tuple[float, tuple[int, int, int, int]] = (
+            time.monotonic(),
+            (0, 0, 0, 0),
+        )
+        self._last_reasons: dict[str, int] = {}
 
     def submit(self, raw: RawMessage, token: AckToken) -> None:
         """Called from the MQTT thread for every message; never blocks."""
@@ -86,6 +93,8 @@ class Pipeline:
     def start(self) -> None:
         """Restore the snapshot, replay the journal after it, then start committing."""
         self._restore()
+        counts, self._last_reasons = self._counts()
+        self._last_summary = (time.monotonic(), counts)
         self._thread = threading.Thread(target=self._run, name="twin-journal", daemon=True)
         self._thread.start()
 
@@ -124,6 +133,40 @@ class Pipeline:
                 self.journal.rows > self.journal.max_rows
             ):
                 self._snapshot()
+            if time.monotonic() - self._last_summary[0] >= self.summary_s:
+                self._log_summary()
+
+    def _counts(self) -> tuple[tuple[int, int, int, int], dict[str, int]]:
+        totals, rejected = self.state.totals, dict(self.deadletters.by_reason)
+        return (
+            self.committed,
+            totals.received,
+            totals.duplicates,
+            sum(rejected.values()),
+        ), rejected
+
+    def _log_summary(self) -> None:
+        """One line a period with what ingest did, when it did anything."""
+        now, rejected = self._counts()
+        last = self._last_summary[1]
+        self._last_summary = (time.monotonic(), now)
+        if now == last:
+            return
+        reasons = ", ".join(
+            f"{r} {n - self._last_reasons.get(r, 0)}"
+            for r, n in rejected.items()
+            if n != self._last_reasons.get(r, 0)
+        )
+        self._last_reasons = rejected
+        log.info(
+            "last %.0f s: %d messages, %d readings applied, %d duplicates, %d rejected%s",
+            self.summary_s,
+            now[0] - last[0],
+            now[1] - last[1],
+            now[2] - last[2],
+            now[3] - last[3],
+            f" ({reasons})" if reasons else "",
+        )
 
     def _collect(self) -> list[tuple[RawMessage, AckToken]]:
         """Wait for a message, let the commit window fill, then take what arrived."""
