@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the integration tests start as real servers.
-SERVICES := mosquitto
+SERVICES := mosquitto influxdb victoria-metrics
 
 .PHONY: demo test lint services bench clean
 

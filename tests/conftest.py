@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import Mosquitto, ServiceMissing
+from tests.services import InfluxDB1, Mosquitto, ServiceMissing, VictoriaMetrics
 from twin.config import Settings
 from twin.model import BUNDLED_CSV, Registry, fit, read_ai4i_csv
 
@@ -32,6 +32,28 @@ def mosquitto() -> Iterator[Mosquitto]:
     broker.start()
     yield broker
     broker.close()
+
+
+@pytest.fixture
+def influxdb(tmp_path: Path) -> Iterator[InfluxDB1]:
+    try:
+        server = InfluxDB1(tmp_path / "influxdb")
+    except ServiceMissing as exc:
+        _missing(exc)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
+    try:
+        server = VictoriaMetrics(tmp_path / "victoria")
+    except ServiceMissing as exc:
+        _missing(exc)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

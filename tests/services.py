@@ -6,6 +6,7 @@ mocks a protocol.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,8 +14,11 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 class ServiceMissing(RuntimeError):
@@ -134,3 +138,113 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise TimeoutError(f"after {timeout} s still waiting for {what}")
         time.sleep(0.05)
+
+
+class _Server:
+    """A server process on a free loopback port, with its own directory, stopped by PID."""
+
+    name = "server"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / f"{self.name}.log").open("ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=log)
+        try:
+            wait_for_port(self.port, timeout=30)
+        except TimeoutError:
+            self.stop()
+            log_text = (self.directory / f"{self.name}.log").read_text()
+            raise RuntimeError(f"{self.name} did not start:\n{log_text}") from None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+class InfluxDB1(_Server):
+    """InfluxDB 1.x (Debian's `influxdb`, 1.6): the `/write` and `/query` HTTP API."""
+
+    name = "influxd"
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.program = find_program("influxd")
+        self.rpc_port = free_port()
+
+    def command(self) -> list[str]:
+        d = self.directory
+        config = d / "influxdb.conf"
+        config.write_text(
+            "reporting-enabled = false\n"
+            f'bind-address = "127.0.0.1:{self.rpc_port}"\n'
+            f'[meta]\n  dir = "{d}/meta"\n'
+            f'[data]\n  dir = "{d}/data"\n  wal-dir = "{d}/wal"\n  query-log-enabled = false\n'
+            f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+            "[ifql]\n  enabled = false\n"
+            "[monitor]\n  store-enabled = false\n"
+            "[continuous_queries]\n  enabled = false\n"
+        )
+        return [self.program, "-config", str(config)]
+
+    def query(self, q: str, db: str | None = None) -> Any:
+        params = {"q": q, "epoch": "ms", **({"db": db} if db else {})}
+        body = urllib.parse.urlencode(params).encode()
+        with urllib.request.urlopen(f"{self.url}/query", data=body, timeout=10) as response:
+            return json.load(response)
+
+    def start(self) -> None:
+        super().start()
+        wait_until(self._answers, 30, "influxd to answer /ping")
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as response:
+                return bool(response.status == 204)
+        except OSError:
+            return False
+
+
+class VictoriaMetrics(_Server):
+    """Debian's `victoria-metrics`: accepts InfluxDB 2's `/api/v2/write`, exports what it holds."""
+
+    name = "victoria-metrics"
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.program = find_program("victoria-metrics")
+
+    def command(self) -> list[str]:
+        return [
+            self.program,
+            f"-httpListenAddr=127.0.0.1:{self.port}",
+            f"-storageDataPath={self.directory}/data",
+            "-retentionPeriod=100y",
+            "-search.latencyOffset=0s",
+            "-loggerLevel=ERROR",
+        ]
+
+    def export(self, match: str) -> list[dict[str, Any]]:
+        """Series matching a selector, as `/api/v1/export` returns them (one JSON per line)."""
+        urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=10).close()
+        query = urllib.parse.urlencode({"match[]": match})
+        with urllib.request.urlopen(f"{self.url}/api/v1/export?{query}", timeout=10) as response:
+            return [json.loads(line) for line in response.read().splitlines() if line.strip()]

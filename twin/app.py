@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from twin import sinks
 from twin.config import Settings
 from twin.deadletters import DeadLetters
+from twin.forwarder import Forwarder
 from twin.history import HistoryStore
 from twin.ingest import Ingest
 from twin.journal import Journal
@@ -61,6 +63,19 @@ class Twin:
         self.trainer = Trainer(
             self.history, self.registry, self.scorer, settings.history_bucket_s * 1000
         )
+        self.forwarders = [
+            Forwarder(
+                sink,
+                settings.journal_path,
+                lambda: self.journal.last_id,
+                self.topics,
+                limits,
+                batch=settings.sink_batch,
+                max_delay_s=settings.sink_max_delay_ms / 1000,
+            )
+            for sink in sinks.build(settings)
+        ]
+        self.scorer.outboxes = [forwarder.risk for forwarder in self.forwarders]
         self.ingest = Ingest(settings, self.topics, self.pipeline.submit)
         self.pipeline.ack = self.ingest.ack
         self.pipeline.on_applied = self.scorer.observe
@@ -77,6 +92,8 @@ class Twin:
         self.scorer.models = self._load_models()
         self.pipeline.start()
         self.scorer.flush()  # what the replay restored is scored before new messages arrive
+        for forwarder in self.forwarders:
+            forwarder.start()
         # Start-up leaves ~120,000 long-lived objects (scikit-learn, scipy, the models) that every
         # full collection would scan again; frozen, the collector skips them (measured: 0.25 us
         # of GC per reading on the ingest path before, none after).
@@ -100,6 +117,8 @@ class Twin:
         # Flush first, while the broker connection can still carry the acknowledgements.
         self.pipeline.stop()
         self.ingest.stop()
+        for forwarder in self.forwarders:
+            forwarder.stop()
         self.history.close()
         self.journal.close()
         self.running = False

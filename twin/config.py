@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -49,6 +49,16 @@ class Settings(BaseSettings):
     history_bucket_s: int = Field(default=300, ge=1, le=86_400)
     score_interval_ms: int = Field(default=200, ge=1, le=60_000)
 
+    influx_url: str | None = None
+    influx_db: str | None = None  # InfluxDB 1.x database: the /write API
+    influx_user: str | None = None
+    influx_password: str | None = None
+    influx_token: str | None = None  # InfluxDB 2.x
+    influx_org: str | None = None
+    influx_bucket: str | None = None
+    sink_batch: int = Field(default=5000, ge=1, le=100_000)  # points per write at most
+    sink_max_delay_ms: int = Field(default=1000, ge=10)  # how long points may wait for a batch
+
     api_tokens: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -59,6 +69,16 @@ class Settings(BaseSettings):
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError("must look like mqtt://[user:pass@]host[:port] or mqtts://...")
         return value
+
+    @model_validator(mode="after")
+    def _check_influx(self) -> Settings:
+        if self.influx_url and not (self.influx_db or self.influx_bucket):
+            raise ValueError(
+                "TWIN_INFLUX_URL needs TWIN_INFLUX_DB (1.x) or TWIN_INFLUX_BUCKET (2.x)"
+            )
+        if self.influx_bucket and not (self.influx_token and self.influx_org):
+            raise ValueError("TWIN_INFLUX_BUCKET needs TWIN_INFLUX_TOKEN and TWIN_INFLUX_ORG")
+        return self
 
     @property
     def broker(self) -> BrokerAddress:

@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS snapshot (
     created_ms INTEGER NOT NULL,
     state BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sink_cursors (
+    name TEXT PRIMARY KEY,
+    journal_id INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS journal_counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -102,11 +106,7 @@ class Journal:
 
     def read_after(self, after_id: int, limit: int = 10_000) -> list[tuple[int, RawMessage]]:
         """Messages with id > `after_id`, oldest first."""
-        cursor = self.db.execute(
-            "SELECT id, received_ms, topic, payload FROM journal WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, limit),
-        )
-        return [(row[0], RawMessage(row[2], bytes(row[3]), row[1])) for row in cursor]
+        return read_after(self.db, after_id, limit)
 
     def save_snapshot(self, journal_id: int, state: bytes) -> None:
         try:
@@ -124,8 +124,14 @@ class Journal:
         return None if row is None else (row[0], bytes(row[1]))
 
     def prune(self, covered_id: int) -> int:
-        """Delete rows every reader is done with, then enforce `max_rows`; return rows dropped."""
+        """Delete rows every reader is done with, then enforce `max_rows`; return rows dropped.
+
+        The readers are the snapshot (`covered_id`) and every sink's cursor.
+        """
         try:
+            (slowest,) = self.db.execute("SELECT min(journal_id) FROM sink_cursors").fetchone()
+            if slowest is not None:
+                covered_id = min(covered_id, slowest)
             with self.db:
                 self.db.execute("BEGIN")
                 deleted = self.db.execute(
@@ -145,3 +151,12 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalError(f"journal prune failed: {exc}") from exc
         return dropped
+
+
+def read_after(db: sqlite3.Connection, after_id: int, limit: int) -> list[tuple[int, RawMessage]]:
+    """Journal rows with id > `after_id`, oldest first, from any connection to the journal."""
+    cursor = db.execute(
+        "SELECT id, received_ms, topic, payload FROM journal WHERE id > ? ORDER BY id LIMIT ?",
+        (after_id, limit),
+    )
+    return [(row[0], RawMessage(row[2], bytes(row[3]), row[1])) for row in cursor]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable
 
 import numpy as np
@@ -37,6 +38,8 @@ class RiskScorer:
         self._last = 0.0
         self.scored = 0
         self.seconds = 0.0  # time spent scoring, for the metrics
+        # Each sink's queue of fresh scores: (site, machine, model version, probability, ts).
+        self.outboxes: list[deque[tuple[str, str, str, float, int]]] = []
 
     def observe(self, changed: Iterable[MachineTwin]) -> None:
         """Mark changed machines; score the marked ones when the interval has passed."""
@@ -110,5 +113,7 @@ class RiskScorer:
                         "contributions": model.explain(c),
                     }
                     twin.risk_reason = None
+                    for outbox in self.outboxes:
+                        outbox.append((twin.site, twin.machine, model.version, float(p), now))
             self.scored += len(scored)
         self.seconds += time.perf_counter() - started

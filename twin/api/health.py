@@ -21,6 +21,8 @@ def health(twin: TwinDep) -> dict[str, Any]:
         problems.append("not connected to the MQTT broker")
     if pipeline.failure:
         problems.append(f"journal failed: {pipeline.failure}")
+    sinks = [forwarder.status() for forwarder in twin.forwarders]
+    problems += [f"sink {s['name']} failing: {s['last_error']}" for s in sinks if s["last_error"]]
     return {
         "status": "degraded" if problems else "ok",
         "problems": problems,
@@ -41,6 +43,7 @@ def health(twin: TwinDep) -> dict[str, Any]:
             "last_commit_ms": pipeline.last_commit_ms,
             "failure": pipeline.failure,
         },
+        "sinks": sinks,
         "scoring": {
             "models": len(twin.scorer.models),
             "scored": twin.scorer.scored,

@@ -86,6 +86,16 @@ class ScoringHealth(BaseModel):
     seconds: float = Field(description="time spent scoring since start")
 
 
+class SinkHealth(BaseModel):
+    name: str
+    cursor: int = Field(description="the journal id forwarded up to")
+    lag: int = Field(description="journal messages not yet forwarded")
+    written: int = Field(description="points written since start")
+    retries: int
+    dropped: int = Field(description="journal rows the size bound dropped before they were sent")
+    last_error: str | None
+
+
 class HealthPublic(BaseModel):
     status: str = Field(description="ok, or degraded with the reason in `problems`")
     problems: list[str]
@@ -94,6 +104,7 @@ class HealthPublic(BaseModel):
     machines: int
     readings: ReadingTotals
     journal: JournalHealth
+    sinks: list[SinkHealth]
     scoring: ScoringHealth
 
 

@@ -1,0 +1,163 @@
+"""Forward journalled readings (and fresh risk scores) to one sink, with a durable cursor.
+
+The forwarder reads the journal through its own SQLite connection, so it never blocks or slows
+ingest. It writes batches bounded in size (`sink_batch` points) and time (`sink_max_delay_ms`),
+retries a failed write with exponential backoff and jitter until it lands, and only then moves its
+cursor, which the journal respects when it prunes: an outage delays history but loses none of it,
+up to the journal's size bound (rows dropped past it are counted here as `dropped`). Redelivered
+readings are written again as the same points, which InfluxDB stores once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twin.journal import read_after
+from twin.messages import Limits, decode
+from twin.sinks import Sink, SinkError
+from twin.sinks.lineprotocol import risk_line, telemetry_lines
+from twin.topics import Topics
+
+log = logging.getLogger(__name__)
+
+_MAX_BACKOFF_S = 30.0
+
+RiskPoint = tuple[str, str, str, float, int]  # site, machine, model version, probability, ts
+
+
+class Forwarder:
+    """One sink's reader of the journal."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        journal_path: Path,
+        head: Callable[[], int],
+        topics: Topics,
+        limits: Limits,
+        *,
+        batch: int = 5000,
+        max_delay_s: float = 1.0,
+    ) -> None:
+        self.sink = sink
+        self.name = sink.name
+        self.journal_path = journal_path
+        self.head = head  # the journal's newest id
+        self.topics = topics
+        self.limits = limits
+        self.batch = batch
+        self.max_delay_s = max_delay_s
+        self.risk: deque[RiskPoint] = deque(maxlen=100_000)
+        self.cursor = 0
+        self.written = 0
+        self.retries = 0
+        self.dropped = 0
+        self.last_error: str | None = None
+        self._db: sqlite3.Connection | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def lag(self) -> int:
+        """Journal messages not yet forwarded."""
+        return max(self.head() - self.cursor, 0)
+
+    def start(self) -> None:
+        db = self._db = sqlite3.connect(
+            self.journal_path, isolation_level=None, check_same_thread=False
+        )
+        db.execute("PRAGMA busy_timeout=10000")
+        db.execute("INSERT OR IGNORE INTO sink_cursors VALUES (?, 0)", (self.name,))
+        (self.cursor,) = db.execute(
+            "SELECT journal_id FROM sink_cursors WHERE name = ?", (self.name,)
+        ).fetchone()
+        self.sink.start()
+        self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
+        self._thread.start()
+        log.info("sink %s: forwarding from journal id %d", self.name, self.cursor)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+        self.sink.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "cursor": self.cursor,
+            "lag": self.lag,
+            "written": self.written,
+            "retries": self.retries,
+            "dropped": self.dropped,
+            "last_error": self.last_error,
+        }
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            lines, upto = self._next_batch()
+            if lines and not self._deliver(lines):
+                return  # stopping while the sink was down: the cursor stays, nothing is lost
+            if upto > self.cursor:
+                self._advance(upto)
+            if len(lines) < self.batch:
+                self._stop.wait(self.max_delay_s)  # a partial batch: let more arrive
+
+    def _next_batch(self) -> tuple[list[str], int]:
+        assert self._db is not None
+        rows = read_after(self._db, self.cursor, max(self.batch // 10, 100))
+        if rows and rows[0][0] > self.cursor + 1 and self.cursor:
+            gap = rows[0][0] - self.cursor - 1
+            self.dropped += gap
+            log.warning("sink %s: %d journal rows were dropped before it read them", self.name, gap)
+        lines: list[str] = []
+        upto = self.cursor
+        for row_id, raw in rows:
+            decoded = decode(self.topics, raw.topic, raw.payload, raw.received_ms, self.limits)
+            if decoded.readings and decoded.address is not None:
+                address = decoded.address
+                lines += telemetry_lines(address.site, address.machine, decoded.readings)
+            upto = row_id
+            if len(lines) >= self.batch:
+                break
+        while self.risk and len(lines) < self.batch:
+            lines.append(risk_line(*self.risk.popleft()))
+        return lines, upto
+
+    def _deliver(self, lines: list[str]) -> bool:
+        """Write until it lands (True) or the forwarder stops (False)."""
+        attempt = 0
+        while True:
+            try:
+                self.sink.write(lines)
+            except SinkError as exc:
+                attempt += 1
+                self.retries += 1
+                if self.last_error is None:
+                    log.warning("sink %s failing, retrying with backoff: %s", self.name, exc)
+                self.last_error = str(exc)
+                delay = min(_MAX_BACKOFF_S, 0.25 * 2**attempt) * (0.5 + random.random())
+                if self._stop.wait(delay):
+                    return False
+                continue
+            if self.last_error is not None:
+                log.info("sink %s recovered after %d retries", self.name, attempt)
+                self.last_error = None
+            self.written += len(lines)
+            return True
+
+    def _advance(self, upto: int) -> None:
+        assert self._db is not None
+        self._db.execute("UPDATE sink_cursors SET journal_id = ? WHERE name = ?", (upto, self.name))
+        self.cursor = upto

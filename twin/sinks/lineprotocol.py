@@ -1,0 +1,35 @@
+"""InfluxDB line protocol, shared by both InfluxDB sinks.
+
+Schema: measurement `telemetry`, tags `site` and `machine`, one field per signal; measurement
+`risk`, tags `site`, `machine`, `model_version`, field `probability`. Timestamps are event time in
+milliseconds (write with precision=ms). Strings are formatted directly: influxdb-client's `Point`
+serialises ~4x slower, and this is the sink's hot path.
+"""
+
+from __future__ import annotations
+
+from twin.messages import Reading
+
+_TAG_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\="})
+
+
+def tag(value: str) -> str:
+    return value.translate(_TAG_ESCAPES)
+
+
+def telemetry_lines(site: str, machine: str, readings: list[Reading]) -> list[str]:
+    """One line per reading; signal names are already safe (`[a-z][a-z0-9_]*`)."""
+    series = f"telemetry,machine={tag(machine)},site={tag(site)} "
+    return [
+        series
+        + ",".join(f"{name}={float(value)!r}" for name, value in r.values.items())
+        + f" {r.ts}"
+        for r in readings
+    ]
+
+
+def risk_line(site: str, machine: str, model_version: str, probability: float, ts: int) -> str:
+    return (
+        f"risk,machine={tag(machine)},model_version={tag(model_version)},site={tag(site)} "
+        f"probability={float(probability)!r} {ts}"
+    )
