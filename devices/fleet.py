@@ -73,8 +73,12 @@ class Fleet:
         pending: list[list[Reading]] = [[] for _ in self.machines]
         next_tick = time.monotonic()
         step = 0
+        last_ms = 0
         while not self._stop.is_set() and (opts.count is None or step < opts.count):
-            now_ms = int(time.time() * 1000)
+            # Strictly increasing event time: a time-series store keeps one point per series and
+            # timestamp, so two readings of a machine in the same millisecond would merge.
+            now_ms = max(int(time.time() * 1000), last_ms + 1)
+            last_ms = now_ms
             for i, (machine, publisher) in enumerate(
                 zip(self.machines, self.publishers, strict=True)
             ):
