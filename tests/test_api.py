@@ -190,3 +190,51 @@ def test_model_endpoint_lists_the_active_model_with_metrics(twin: Twin, client: 
     assert active["metrics"]["cv5"]["average_precision"] > 0.5
     assert active["training_data"]["rows"] == 10_000
     assert body["stored"][0]["version"] == active["version"]
+
+
+def test_history_from_the_recent_window(twin: Twin, client: TestClient) -> None:
+    feed(
+        twin,
+        (
+            "factory/a/m1/telemetry",
+            [
+                {"ts": NOW - 3000 + i * 1000, "seq": i, "values": {"x": i, "y": 10 + i}}
+                for i in range(3)
+            ],
+        ),
+    )
+    raw = client.get("/machines/m1/history", params={"signal": "x"}).json()
+    assert raw["source"] == "recent"
+    assert raw["series"] == {
+        "x": [{"ts": NOW - 3000 + i * 1000, "value": float(i)} for i in range(3)]
+    }
+    both = client.get("/machines/m1/history", params={"signal": ["x", "y"], "start": "-1m"}).json()
+    assert set(both["series"]) == {"x", "y"}
+    windows = client.get("/machines/m1/history", params={"every": "1h"}).json()["series"]["y"]
+    assert sum(1 for _ in windows) in (1, 2)
+    assert min(w["min"] for w in windows) == 10.0
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"signal": "nope"}, "never sent nope"),
+        ({"start": "now", "end": "-1h"}, "start must be before end"),
+        ({"start": "yesterday"}, "is not 'now'"),
+        ({"start": "2026-01-01T00:00:00"}, "UTC offset"),
+        ({"every": "0s"}, "positive"),
+        ({"every": "500ms"}, "not a duration"),
+        ({"limit": 0}, ""),
+    ],
+)
+def test_bad_history_queries_are_422(
+    twin: Twin, client: TestClient, params: dict[str, object], message: str
+) -> None:
+    feed(twin, ("factory/a/m1/telemetry", {"values": {"x": 1}}))
+    response = client.get("/machines/m1/history", params=params)
+    assert response.status_code == 422
+    assert message in str(response.json()["detail"])
+
+
+def test_history_of_an_unknown_machine_is_404(client: TestClient) -> None:
+    assert client.get("/machines/ghost/history").status_code == 404

@@ -67,6 +67,19 @@ def test_readings_land_as_points_with_tags_fields_and_event_time(
         (T0 + 1000, 41.0, None),
     ]
     assert by_machine["m2"]["tags"]["site"] == "s2"
+    history = client.get(
+        "/machines/m1/history", params={"signal": "torque_nm", "start": "-5m"}
+    ).json()
+    assert history["source"] == "influxdb"
+    assert history["series"]["torque_nm"] == [
+        {"ts": T0, "value": 40.5},
+        {"ts": T0 + 1000, "value": 41.0},
+    ]
+    windows = client.get(
+        "/machines/m1/history", params={"signal": "torque_nm", "start": "-5m", "every": "1m"}
+    ).json()["series"]["torque_nm"]
+    assert sum(w["mean"] for w in windows) > 0
+    assert min(w["min"] for w in windows) == 40.5
     health = client.get("/health").json()
     assert health["sinks"][0]["name"] == "influxdb1"
     assert health["sinks"][0]["lag"] == 0

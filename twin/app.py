@@ -76,6 +76,10 @@ class Twin:
             for sink in sinks.build(settings)
         ]
         self.scorer.outboxes = [forwarder.risk for forwarder in self.forwarders]
+        # History is read back from InfluxDB 1.x (InfluxQL); InfluxDB 2 is read by Grafana (Flux).
+        self.influx_reader = next(
+            (f.sink for f in self.forwarders if isinstance(f.sink, sinks.InfluxDB1Sink)), None
+        )
         self.ingest = Ingest(settings, self.topics, self.pipeline.submit)
         self.pipeline.ack = self.ingest.ack
         self.pipeline.on_applied = self.scorer.observe

@@ -6,8 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 
+from twin import timeseries
 from twin.api.deps import TwinDep
-from twin.api.schemas import MachinePage, MachinePublic
+from twin.api.schemas import HistoryPublic, MachinePage, MachinePublic
+from twin.sinks import SinkError
 from twin.state import SortKey
 
 router = APIRouter(prefix="/machines", tags=["machines"])
@@ -30,6 +32,37 @@ def list_machines(
 @router.get("/{machine}", response_model=MachinePublic, summary="One machine's twin")
 def get_machine(twin: TwinDep, machine: str) -> dict[str, Any]:
     found = twin.state.get(machine)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine!r} has reported")
+    return found
+
+
+@router.get(
+    "/{machine}/history",
+    response_model=HistoryPublic,
+    summary="A machine's signals over time",
+    responses={404: {"description": "unknown machine"}, 422: {"description": "bad query"}},
+)
+def history(
+    twin: TwinDep,
+    machine: str,
+    signal: Annotated[list[str] | None, Query(description="one or several; all by default")] = None,
+    start: Annotated[str, Query(description="RFC 3339, 'now' or relative like '-1h'")] = "-1h",
+    end: Annotated[str, Query(description="RFC 3339, 'now' or relative")] = "now",
+    every: Annotated[
+        str | None, Query(description="aggregation window like '1m': mean/min/max per window")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="points per signal")] = 1000,
+) -> dict[str, Any]:
+    """From InfluxDB 1.x when it is configured, else the twin's recent window (`source` says)."""
+    try:
+        found = timeseries.query(
+            twin.state, twin.influx_reader, machine, signal or [], start, end, every, limit
+        )
+    except timeseries.BadQuery as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    except SinkError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine!r} has reported")
     return found

@@ -183,3 +183,14 @@ class ModelsPublic(BaseModel):
     active: dict[str, ModelPublic] = Field(description="the model scoring each scope")
     stored: list[ModelPublic] = Field(description="every stored model, newest first")
     training: TrainingJobPublic | None = Field(description="the last training job")
+
+
+class HistoryPublic(BaseModel):
+    machine: str
+    source: str = Field(description="influxdb, or recent (the twin's bounded recent window)")
+    start: int = Field(description="epoch ms")
+    end: int = Field(description="epoch ms")
+    every_ms: int | None = Field(description="aggregation window; null for raw points")
+    series: dict[str, list[dict[str, float | int]]] = Field(
+        description="per signal: {ts, value} points, or {ts, mean, min, max} per window"
+    )
