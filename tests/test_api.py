@@ -238,3 +238,24 @@ def test_bad_history_queries_are_422(
 
 def test_history_of_an_unknown_machine_is_404(client: TestClient) -> None:
     assert client.get("/machines/ghost/history").status_code == 404
+
+
+def test_metrics_in_prometheus_format(twin: Twin, client: TestClient) -> None:
+    feed(
+        twin,
+        ("factory/a/m1/telemetry", {"seq": 1, "values": {"x": 1}}),
+        ("factory/a/m1/telemetry", {"seq": 1, "values": {"x": 1}}),
+        ("factory/a/m1/telemetry", b"nope"),
+    )
+    client.get("/machines")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert "twin_readings_applied_total 1.0" in text
+    assert "twin_readings_duplicate_total 1.0" in text
+    assert 'twin_rejections_total{reason="not_json"} 1.0' in text
+    assert "twin_mqtt_connected 0.0" in text
+    assert "twin_journal_lag" in text
+    assert "twin_scoring_seconds_total" in text
+    assert 'twin_api_request_seconds_count{method="GET",route="/machines",status="200"} 1.0' in text

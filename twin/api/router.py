@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from twin.api import deadletters, health, machines, model
+from twin.api import deadletters, health, machines, metrics, model
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,8 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    metrics.install_metrics(app)
     app.include_router(machines.router)
     app.include_router(model.router)
     app.include_router(deadletters.router)
