@@ -68,6 +68,11 @@ class Twin:
                 sink,
                 settings.journal_path,
                 lambda: self.journal.last_id,
+                lambda: (
+                    self.state.totals.received,
+                    self.state.totals.duplicates,
+                    self.state.totals.rejected,
+                ),
                 self.topics,
                 limits,
                 batch=settings.sink_batch,

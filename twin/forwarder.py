@@ -14,6 +14,7 @@ import logging
 import random
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -22,14 +23,16 @@ from typing import Any
 from twin.journal import read_after
 from twin.messages import Limits, decode
 from twin.sinks import Sink, SinkError
-from twin.sinks.lineprotocol import risk_line, telemetry_lines
+from twin.sinks.lineprotocol import pipeline_line, risk_line, telemetry_lines
 from twin.topics import Topics
 
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF_S = 30.0
 
-RiskPoint = tuple[str, str, str, float, int]  # site, machine, model version, probability, ts
+# site, machine, model version, probability, threshold, ts
+RiskPoint = tuple[str, str, str, float, float, int]
+_PIPELINE_EVERY_S = 10.0  # how often the twin's own health goes to the sink
 
 
 class Forwarder:
@@ -40,6 +43,7 @@ class Forwarder:
         sink: Sink,
         journal_path: Path,
         head: Callable[[], int],
+        counts: Callable[[], tuple[int, int, int]],
         topics: Topics,
         limits: Limits,
         *,
@@ -50,6 +54,8 @@ class Forwarder:
         self.name = sink.name
         self.journal_path = journal_path
         self.head = head  # the journal's newest id
+        self.counts = counts  # readings received, duplicates, rejections, for `pipeline` points
+        self._last_pipeline = 0.0
         self.topics = topics
         self.limits = limits
         self.batch = batch
@@ -106,13 +112,21 @@ class Forwarder:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            lines, upto = self._next_batch()
-            if lines and not self._deliver(lines):
-                return  # stopping while the sink was down: the cursor stays, nothing is lost
-            if upto > self.cursor:
-                self._advance(upto)
-            if len(lines) < self.batch:
-                self._stop.wait(self.max_delay_s)  # a partial batch: let more arrive
+            try:
+                self._step()
+            except Exception as exc:  # keep forwarding: a bug here must not silently end history
+                log.exception("sink %s: unexpected error; retrying", self.name)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._stop.wait(_MAX_BACKOFF_S)
+
+    def _step(self) -> None:
+        lines, upto = self._next_batch()
+        if lines and not self._deliver(lines):
+            return  # stopping while the sink was down: the cursor stays, nothing is lost
+        if upto > self.cursor:
+            self._advance(upto)
+        if len(lines) < self.batch:
+            self._stop.wait(self.max_delay_s)  # a partial batch: let more arrive
 
     def _next_batch(self) -> tuple[list[str], int]:
         assert self._db is not None
@@ -133,6 +147,11 @@ class Forwarder:
                 break
         while self.risk and len(lines) < self.batch:
             lines.append(risk_line(*self.risk.popleft()))
+        if time.monotonic() - self._last_pipeline >= _PIPELINE_EVERY_S:
+            self._last_pipeline = time.monotonic()
+            received, duplicates, rejected = self.counts()
+            now = int(time.time() * 1000)
+            lines.append(pipeline_line(self.name, received, duplicates, rejected, self.lag, now))
         return lines, upto
 
     def _deliver(self, lines: list[str]) -> bool:

@@ -38,8 +38,8 @@ class RiskScorer:
         self._last = 0.0
         self.scored = 0
         self.seconds = 0.0  # time spent scoring, for the metrics
-        # Each sink's queue of fresh scores: (site, machine, model version, probability, ts).
-        self.outboxes: list[deque[tuple[str, str, str, float, int]]] = []
+        # Each sink's queue of fresh scores: (site, machine, version, probability, threshold, ts).
+        self.outboxes: list[deque[tuple[str, str, str, float, float, int]]] = []
 
     def observe(self, changed: Iterable[MachineTwin]) -> None:
         """Mark changed machines; score the marked ones when the interval has passed."""
@@ -114,6 +114,8 @@ class RiskScorer:
                     }
                     twin.risk_reason = None
                     for outbox in self.outboxes:
-                        outbox.append((twin.site, twin.machine, model.version, float(p), now))
+                        outbox.append(
+                            (twin.site, twin.machine, model.version, float(p), model.threshold, now)
+                        )
             self.scored += len(scored)
         self.seconds += time.perf_counter() - started

@@ -1,9 +1,11 @@
 """InfluxDB line protocol, shared by both InfluxDB sinks.
 
 Schema: measurement `telemetry`, tags `site` and `machine`, one field per signal; measurement
-`risk`, tags `site`, `machine`, `model_version`, field `probability`. Timestamps are event time in
-milliseconds (write with precision=ms). Strings are formatted directly: influxdb-client's `Point`
-serialises ~4x slower, and this is the sink's hot path.
+`risk`, tags `site`, `machine`, `model_version`, fields `probability` and `threshold`; measurement
+`pipeline` (the twin's own health every 10 s), tag `sink`, fields `received`,
+`duplicates`, `rejected`, `sink_lag`. Timestamps are milliseconds (write with precision=ms):
+event time for telemetry, scoring time for risk. Lines are formatted directly: influxdb-client's
+`Point` serialises ~4x slower, and this is the sink's hot path.
 """
 
 from __future__ import annotations
@@ -28,8 +30,19 @@ def telemetry_lines(site: str, machine: str, readings: list[Reading]) -> list[st
     ]
 
 
-def risk_line(site: str, machine: str, model_version: str, probability: float, ts: int) -> str:
+def risk_line(
+    site: str, machine: str, model_version: str, probability: float, threshold: float, ts: int
+) -> str:
     return (
         f"risk,machine={tag(machine)},model_version={tag(model_version)},site={tag(site)} "
-        f"probability={float(probability)!r} {ts}"
+        f"probability={float(probability)!r},threshold={float(threshold)!r} {ts}"
+    )
+
+
+def pipeline_line(
+    sink: str, received: int, duplicates: int, rejected: int, lag: int, ts: int
+) -> str:
+    return (
+        f"pipeline,sink={tag(sink)} received={received}i,duplicates={duplicates}i,"
+        f"rejected={rejected}i,sink_lag={lag}i {ts}"
     )
