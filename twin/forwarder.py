@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,11 @@ class Forwarder:
         self._db: sqlite3.Connection | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._writer = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"sink-{self.name}-write"
+        )
+        self._inflight: tuple[Future[bool], int] | None = None
+        self._read_at = 0  # journal id read up to (ahead of the cursor by the write in flight)
 
     @property
     def lag(self) -> int:
@@ -84,6 +90,7 @@ class Forwarder:
         (self.cursor,) = db.execute(
             "SELECT journal_id FROM sink_cursors WHERE name = ?", (self.name,)
         ).fetchone()
+        self._read_at = self.cursor
         self.sink.start()
         self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
         self._thread.start()
@@ -94,6 +101,8 @@ class Forwarder:
         if self._thread is not None:
             self._thread.join(30)
             self._thread = None
+        self._settle()
+        self._writer.shutdown()
         self.sink.close()
         if self._db is not None:
             self._db.close()
@@ -120,23 +129,39 @@ class Forwarder:
                 self._stop.wait(_MAX_BACKOFF_S)
 
     def _step(self) -> None:
+        # Serialising the next batch overlaps writing the previous one (the write waits on the
+        # network with the GIL released); the cursor moves only past batches that landed.
         lines, upto = self._next_batch()
-        if lines and not self._deliver(lines):
+        landed = self._settle()
+        if not landed:
             return  # stopping while the sink was down: the cursor stays, nothing is lost
+        self._inflight = (self._writer.submit(self._deliver, lines), upto)
+        if len(lines) < self.batch:
+            self._settle()
+            self._stop.wait(self.max_delay_s)  # a partial batch: let more arrive
+
+    def _settle(self) -> bool:
+        """Wait for the write in flight; move the cursor past it if it landed."""
+        if self._inflight is None:
+            return True
+        write, upto = self._inflight
+        self._inflight = None
+        if not write.result():
+            self._read_at = self.cursor  # read it again next time
+            return False
         if upto > self.cursor:
             self._advance(upto)
-        if len(lines) < self.batch:
-            self._stop.wait(self.max_delay_s)  # a partial batch: let more arrive
+        return True
 
     def _next_batch(self) -> tuple[list[str], int]:
         assert self._db is not None
-        rows = read_after(self._db, self.cursor, max(self.batch // 10, 100))
-        if rows and rows[0][0] > self.cursor + 1 and self.cursor:
-            gap = rows[0][0] - self.cursor - 1
+        rows = read_after(self._db, self._read_at, max(self.batch // 10, 100))
+        if rows and rows[0][0] > self._read_at + 1 and self._read_at:
+            gap = rows[0][0] - self._read_at - 1
             self.dropped += gap
             log.warning("sink %s: %d journal rows were dropped before it read them", self.name, gap)
         lines: list[str] = []
-        upto = self.cursor
+        upto = self._read_at
         for row_id, raw in rows:
             decoded = decode(self.topics, raw.topic, raw.payload, raw.received_ms, self.limits)
             if decoded.readings and decoded.address is not None:
@@ -152,10 +177,13 @@ class Forwarder:
             received, duplicates, rejected = self.counts()
             now = int(time.time() * 1000)
             lines.append(pipeline_line(self.name, received, duplicates, rejected, self.lag, now))
+        self._read_at = upto
         return lines, upto
 
     def _deliver(self, lines: list[str]) -> bool:
         """Write until it lands (True) or the forwarder stops (False)."""
+        if not lines:
+            return True
         attempt = 0
         while True:
             try:
