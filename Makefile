@@ -37,6 +37,7 @@ test: $(BIN)/.installed services lint
 
 bench: $(BIN)/.installed services
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.sink
 	$(BIN)/python -m bench.model
 
 clean:
