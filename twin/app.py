@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from twin import sinks
+from twin.alerts import AlertManager, load_rules
 from twin.config import Settings
 from twin.deadletters import DeadLetters
 from twin.forwarder import Forwarder
@@ -20,9 +21,10 @@ from twin.journal import Journal
 from twin.messages import Limits
 from twin.model import BUNDLED_CSV, DEFAULT_SCOPE, Predictor, Registry, fit, read_ai4i_csv
 from twin.model.fleet import FEATURE_WINDOW_MS
+from twin.outbound import Outbound
 from twin.pipeline import Pipeline
 from twin.risk import RiskScorer
-from twin.state import FleetState, HistoryPolicy
+from twin.state import FleetState, HistoryPolicy, MachineTwin
 from twin.topics import Topics
 from twin.trainer import Trainer
 
@@ -85,18 +87,34 @@ class Twin:
         self.influx_reader = next(
             (f.sink for f in self.forwarders if isinstance(f.sink, sinks.InfluxDB1Sink)), None
         )
+        self.alerts = AlertManager(
+            self.state, [], settings.journal_path, settings.alert_retention_s
+        )
         self.ingest = Ingest(settings, self.topics, self.pipeline.submit)
+        self.outbound = Outbound(
+            self.state, self.topics, self.ingest.publish, settings.twin_publish_interval_s
+        )
+        self.alerts.listeners.append(self.outbound.alert)
         self.pipeline.ack = self.ingest.ack
-        self.pipeline.on_applied = self.scorer.observe
+        self.pipeline.on_applied = self._after_apply
         self.started_at = time.monotonic()
         self.running = False
+
+    def _after_apply(self, changed: set[MachineTwin]) -> None:
+        """After each batch (and when idle): model, then alerts, then what goes out over MQTT."""
+        scored = self.scorer.observe(changed)
+        self.alerts.evaluate(changed | scored)
+        self.alerts.sweep()
+        self.outbound.twins(changed | scored)
 
     def start(self) -> None:
         """Open the journal, restore and replay, connect. Does nothing when already running."""
         if self.running:
             return
         self.started_at = time.monotonic()
+        self.alerts.rules = load_rules(self.settings.alert_rules)  # a bad file stops start-up
         self.journal.open()
+        self.alerts.open()
         self.history.open()
         self.scorer.models = self._load_models()
         self.pipeline.start()
@@ -129,6 +147,7 @@ class Twin:
         for forwarder in self.forwarders:
             forwarder.stop()
         self.history.close()
+        self.alerts.close()
         self.journal.close()
         self.running = False
         log.info("stopped")

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     stats_window_s: float = Field(default=600.0, gt=0)
 
     history_bucket_s: int = Field(default=300, ge=1, le=86_400)
+    alert_rules: Path | None = None  # a TOML file of [[rule]] tables, added to the defaults
+    alert_retention_s: float = Field(default=7 * 24 * 3600, gt=0)
+    twin_publish_interval_s: float = Field(default=1.0, ge=0)  # retained twin states, per machine
     score_interval_ms: int = Field(default=200, ge=1, le=60_000)
 
     influx_url: str | None = None

@@ -106,6 +106,12 @@ class Ingest:
         self._client = None
         self.connected = False
 
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish at QoS 1 (paho queues it while the connection is down)."""
+        client = self._client
+        if client is not None:
+            client.publish(topic, payload, qos=1, retain=retain)
+
     def ack(self, tokens: Sequence[Token]) -> None:
         """Acknowledge messages the pipeline made durable (called from its thread)."""
         client = self._client

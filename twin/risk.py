@@ -41,18 +41,23 @@ class RiskScorer:
         # Each sink's queue of fresh scores: (site, machine, version, probability, threshold, ts).
         self.outboxes: list[deque[tuple[str, str, str, float, float, int]]] = []
 
-    def observe(self, changed: Iterable[MachineTwin]) -> None:
-        """Mark changed machines; score the marked ones when the interval has passed."""
+    def observe(self, changed: Iterable[MachineTwin]) -> set[MachineTwin]:
+        """Mark changed machines; score the marked ones when the interval has passed.
+
+        Returns the machines scored now (empty when it was not yet time).
+        """
         self._dirty.update(changed)
         if self._dirty and time.monotonic() - self._last >= self.interval_s:
-            self.flush()
+            return self.flush()
+        return set()
 
-    def flush(self) -> None:
-        """Score every marked machine now."""
+    def flush(self) -> set[MachineTwin]:
+        """Score every marked machine now; return them."""
         dirty, self._dirty = self._dirty, set()
         self._last = time.monotonic()
         if dirty:
             self._score(dirty)
+        return dirty
 
     def score_all(self) -> None:
         with self.state.lock:

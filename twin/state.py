@@ -408,7 +408,7 @@ class FleetState:
         self.lock = threading.RLock()
         self.history = history or HistoryPolicy()
         self._recent = recent_readings
-        self._window_ms = stats_window_s * 1000
+        self.window_ms = stats_window_s * 1000
         self._machines: dict[str, MachineTwin] = {}
         self._ids: list[str] = []  # sorted machine ids
         self._by_site: dict[str, list[str]] = {}  # site -> sorted machine ids
@@ -466,7 +466,7 @@ class FleetState:
     def get(self, machine: str) -> dict[str, Any] | None:
         with self.lock:
             twin = self._machines.get(machine)
-            return None if twin is None else twin.public(self._window_ms)
+            return None if twin is None else twin.public(self.window_ms)
 
     def query(
         self,
@@ -504,7 +504,7 @@ class FleetState:
                 elif reverse:
                     twins.reverse()
                 page = twins[offset : offset + limit]
-            return total, [t.public(self._window_ms) for t in page]
+            return total, [t.public(self.window_ms) for t in page]
 
     # -- snapshot ---------------------------------------------------------------------------
 

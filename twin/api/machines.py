@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -9,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from twin import timeseries
 from twin.api.deps import TwinDep
 from twin.api.schemas import HistoryPublic, MachinePage, MachinePublic
+from twin.app import Twin
 from twin.sinks import SinkError
 from twin.state import SortKey
 
@@ -26,7 +28,12 @@ def list_machines(
     min_risk: Annotated[float | None, Query(ge=0, le=1)] = None,
 ) -> dict[str, Any]:
     total, items = twin.state.query(site, online, sort, limit, offset, min_risk)
-    return {"items": items, "total": total, "limit": limit, "offset": offset}
+    return {
+        "items": [_with_alerts(twin, m) for m in items],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+    }
 
 
 @router.get("/{machine}", response_model=MachinePublic, summary="One machine's twin")
@@ -34,7 +41,12 @@ def get_machine(twin: TwinDep, machine: str) -> dict[str, Any]:
     found = twin.state.get(machine)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine!r} has reported")
-    return found
+    return _with_alerts(twin, found)
+
+
+def _with_alerts(twin: Twin, machine: dict[str, Any]) -> dict[str, Any]:
+    machine["alerts"] = [asdict(a) for a in twin.alerts.active_for(machine["machine"])]
+    return machine
 
 
 @router.get(

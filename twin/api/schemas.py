@@ -41,6 +41,39 @@ class RiskPublic(BaseModel):
     )
 
 
+class AlertPublic(BaseModel):
+    id: int
+    machine: str
+    site: str
+    rule: str
+    kind: str
+    severity: str = Field(description="warning, minor, major or critical; may escalate")
+    state: str = Field(description="active or cleared")
+    message: str
+    raised_at: int = Field(description="epoch ms")
+    updated_at: int
+    cleared_at: int | None
+    acknowledged: bool
+    acknowledged_by: str | None
+    acknowledged_at: int | None
+    comment: str | None
+    model_version: str | None = Field(description="the model behind a risk alert")
+
+
+class AlertPage(BaseModel):
+    items: list[AlertPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class AckRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    by: str | None = Field(default=None, max_length=200)
+    comment: str | None = Field(default=None, max_length=2000)
+
+
 class MachinePublic(BaseModel):
     machine: str
     site: str
@@ -55,6 +88,7 @@ class MachinePublic(BaseModel):
     revision: int
     risk: RiskPublic | None
     risk_reason: str | None = Field(description="why `risk` is null")
+    alerts: list[AlertPublic] = Field(description="its active alerts")
 
 
 class MachinePage(BaseModel):

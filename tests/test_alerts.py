@@ -1,0 +1,265 @@
+"""Alert rules, lifecycle, persistence, the API and MQTT publication."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import paho.mqtt.client as mqtt
+import pytest
+from fastapi.testclient import TestClient
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.services import Mosquitto, wait_until
+from twin.alerts import AlertManager, Rule, load_rules
+from twin.app import Twin, create_app
+from twin.config import Settings
+from twin.errors import ConfigError
+from twin.messages import Decoded, RawMessage, Reading, Status
+from twin.state import FleetState
+from twin.topics import Address
+
+T0 = 1_800_000_000_000
+
+
+def manager(tmp_path: Path, *rules: Rule) -> tuple[FleetState, AlertManager]:
+    state = FleetState()
+    alerts = AlertManager(state, list(rules), tmp_path / "alerts.sqlite3", retention_s=3600)
+    alerts.open()
+    return state, alerts
+
+
+def reading(state: FleetState, alerts: AlertManager, ts: int, **values: float) -> None:
+    seq = ts - T0
+    twin = state.apply(Decoded(Address("s1", "m1", "telemetry"), [Reading(ts, seq, values)]), ts)
+    if twin is not None:
+        alerts.evaluate([twin], ts)
+
+
+def states(alerts: AlertManager) -> list[tuple[str, str, str]]:
+    return [(a.rule, a.state, a.severity) for a in alerts.query()[1]]
+
+
+def test_threshold_with_hysteresis_raises_once_and_clears_below_the_clear_level(
+    tmp_path: Path,
+) -> None:
+    state, alerts = manager(
+        tmp_path, Rule(id="hot", kind="threshold", signal="t", above=100, clear=90)
+    )
+    for ts, value in enumerate([95, 101, 120, 95, 91, 89, 101]):
+        reading(state, alerts, T0 + ts, t=value)
+    assert states(alerts) == [("hot", "active", "major"), ("hot", "cleared", "major")]
+
+
+def test_below_and_any_and_all_combinations(tmp_path: Path) -> None:
+    state, alerts = manager(
+        tmp_path,
+        Rule(id="cold", kind="threshold", signal="t", below=10),
+        Rule(
+            id="either",
+            kind="any",
+            conditions=[{"signal": "t", "below": 10}, {"signal": "p", "above": 5}],
+        ),  # type: ignore[list-item]
+        Rule(
+            id="both",
+            kind="all",
+            conditions=[{"signal": "t", "below": 10}, {"signal": "p", "above": 5}],
+        ),  # type: ignore[list-item]
+    )
+    reading(state, alerts, T0, t=5, p=1)
+    assert sorted(r for r, s, _ in states(alerts) if s == "active") == ["cold", "either"]
+    reading(state, alerts, T0 + 1, t=5, p=9)
+    assert sorted(r for r, s, _ in states(alerts) if s == "active") == ["both", "cold", "either"]
+
+
+def test_duration_needs_the_condition_to_hold_that_long(tmp_path: Path) -> None:
+    state, alerts = manager(
+        tmp_path, Rule(id="long", kind="threshold", signal="t", above=100, for_s=30)
+    )
+    reading(state, alerts, T0, t=101)
+    reading(state, alerts, T0 + 20_000, t=101)
+    assert states(alerts) == []
+    reading(state, alerts, T0 + 25_000, t=99)  # broken: starts again
+    reading(state, alerts, T0 + 40_000, t=101)
+    reading(state, alerts, T0 + 69_000, t=101)
+    assert states(alerts) == []
+    reading(state, alerts, T0 + 70_000, t=101)
+    assert states(alerts) == [("long", "active", "major")]
+
+
+def test_risk_alert_escalates_and_names_the_model(tmp_path: Path) -> None:
+    rule = Rule(id="risk", kind="risk", severity="major", escalate={"critical": 0.9})
+    state, alerts = manager(tmp_path, rule)
+    reading(state, alerts, T0, t=1)
+    twin = state.twin("m1")
+    assert twin is not None
+    for p in (0.2, 0.6, 0.95, 0.6, 0.1):
+        twin.risk = {"probability": p, "threshold": 0.5, "model_version": "v1"}
+        alerts.evaluate([twin], T0)
+    (alert,) = alerts.query()[1]
+    assert (alert.state, alert.severity, alert.model_version) == ("cleared", "critical", "v1")
+
+
+def test_offline_by_status_and_by_silence(tmp_path: Path) -> None:
+    state, alerts = manager(tmp_path, Rule(id="gone", kind="offline", timeout_s=60))
+    reading(state, alerts, T0, t=1)
+    assert states(alerts) == []
+    twin = state.twin("m1")
+    assert twin is not None
+    alerts.evaluate([twin], T0 + 61_000)  # a minute of silence
+    assert states(alerts) == [("gone", "active", "major")]
+    reading(state, alerts, T0 + 62_000, t=1)
+    assert states(alerts) == [("gone", "cleared", "major")]
+    state.apply(
+        Decoded(Address("s1", "m1", "status"), status=Status(state="offline", ts=T0 + 63_000)), T0
+    )
+    alerts.evaluate([twin], T0 + 63_000)
+    assert states(alerts)[0][:2] == ("gone", "active")
+
+
+def test_stale_signal(tmp_path: Path) -> None:
+    state, alerts = manager(tmp_path, Rule(id="stuck", kind="stale", signal="t", stale_s=10))
+    reading(state, alerts, T0, t=5)
+    reading(state, alerts, T0 + 5_000, t=5)
+    assert states(alerts) == []
+    reading(state, alerts, T0 + 11_000, t=5)
+    assert states(alerts) == [("stuck", "active", "major")]
+    reading(state, alerts, T0 + 12_000, t=6)
+    assert states(alerts)[0][1] == "cleared"
+
+
+def test_alerts_survive_a_restart_without_being_raised_again(tmp_path: Path) -> None:
+    rule = Rule(id="hot", kind="threshold", signal="t", above=100)
+    state, alerts = manager(tmp_path, rule)
+    reading(state, alerts, T0, t=101)
+    alerts.acknowledge(1, "ana", "on it")
+    alerts.close()
+    again = AlertManager(state, [rule], tmp_path / "alerts.sqlite3", retention_s=3600)
+    again.open()
+    reading(state, again, T0 + 1, t=102)
+    (alert,) = again.query()[1]
+    assert (alert.id, alert.state, alert.acknowledged_by) == (1, "active", "ana")
+
+
+def test_rules_file_extends_the_defaults_and_bad_files_name_the_line(tmp_path: Path) -> None:
+    good = tmp_path / "rules.toml"
+    good.write_text('[[rule]]\nid = "hot"\nkind = "threshold"\nsignal = "t"\nabove = 5\n')
+    assert {r.id for r in load_rules(good)} >= {"hot", "failure_risk", "offline"}
+    syntax = tmp_path / "syntax.toml"
+    syntax.write_text('[[rule]]\nid = "hot"\nkind = \n')
+    with pytest.raises(ConfigError, match=r"line 3"):
+        load_rules(syntax)
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text(
+        '[[rule]]\nid = "a"\nkind = "offline"\n\n[[rule]]\nid = "b"\nkind = "threshold"\n'
+    )
+    with pytest.raises(ConfigError, match=r"line 5: rule 'b'.*needs 'signal'"):
+        load_rules(wrong)
+
+
+TOKEN = {"Authorization": "Bearer op"}
+
+
+@pytest.fixture
+def twin(settings: Settings, tmp_path: Path) -> Twin:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rule]]\nid = "hot"\nkind = "threshold"\nsignal = "t"\nabove = 100\nclear = 90\n'
+    )
+    return Twin(settings.model_copy(update={"api_tokens": "op", "alert_rules": rules}))
+
+
+@pytest.fixture
+def client(twin: Twin) -> Iterator[TestClient]:
+    with TestClient(create_app(twin.settings, twin)) as client:
+        yield client
+
+
+def feed(twin: Twin, *bodies: Any, machine: str = "m1") -> None:
+    target = twin.pipeline.committed + len(bodies)
+    for body in bodies:
+        raw = RawMessage(
+            f"factory/s1/{machine}/telemetry", msgspec.json.encode(body), int(time.time() * 1000)
+        )
+        twin.pipeline.submit(raw, (0, 0, 0))
+    wait_until(lambda: twin.pipeline.committed >= target, 10, "the batch")
+
+
+def test_two_readings_a_millisecond_apart_raise_one_alert(twin: Twin, client: TestClient) -> None:
+    now = int(time.time() * 1000)
+    feed(
+        twin,
+        {"ts": now, "seq": 1, "values": {"t": 150}},
+        {"ts": now + 1, "seq": 2, "values": {"t": 160}},
+    )
+    page = client.get("/alerts").json()
+    hot = [a for a in page["items"] if a["rule"] == "hot"]
+    assert len(hot) == 1
+    assert hot[0]["state"] == "active"
+    assert [a["rule"] for a in client.get("/machines/m1").json()["alerts"]] == ["hot"]
+
+
+def test_alert_api_filters_gets_and_acknowledges_with_a_token(
+    twin: Twin, client: TestClient
+) -> None:
+    feed(twin, {"seq": 1, "values": {"t": 150}})
+    feed(twin, {"seq": 1, "values": {"t": 150}}, machine="m2")
+    feed(twin, {"seq": 2, "values": {"t": 50}}, machine="m2")
+    active = client.get("/alerts", params={"state": "active"}).json()
+    assert [a["machine"] for a in active["items"]] == ["m1"]
+    assert client.get("/alerts", params={"machine": "m2", "state": "cleared"}).json()["total"] == 1
+    alert_id = active["items"][0]["id"]
+    assert client.get(f"/alerts/{alert_id}").json()["rule"] == "hot"
+    assert client.get("/alerts/999").status_code == 404
+    assert client.post(f"/alerts/{alert_id}/ack").status_code == 401
+    acked = client.post(
+        f"/alerts/{alert_id}/ack", json={"by": "ana", "comment": "checking"}, headers=TOKEN
+    )
+    assert acked.status_code == 200
+    assert (acked.json()["acknowledged_by"], acked.json()["state"]) == ("ana", "active")
+    assert (
+        client.get("/alerts", params={"acknowledged": False, "state": "active"}).json()["total"]
+        == 0
+    )
+    assert client.get("/alerts", params={"severity": "urgent"}).status_code == 422
+    assert client.post("/alerts/999/ack", headers=TOKEN).status_code == 404
+
+
+@pytest.mark.integration
+def test_alerts_and_twin_states_are_published_over_mqtt(
+    settings: Settings, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nid = "hot"\nkind = "threshold"\nsignal = "t"\nabove = 100\n')
+    config = settings.model_copy(update={"mqtt_url": mosquitto.url, "alert_rules": rules})
+    received: dict[str, list[Any]] = {}
+    ready = threading.Event()
+    listener = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="listener")
+    listener.on_connect = lambda c, *_: c.subscribe(
+        [("factory/+/+/alert", 1), ("factory/+/+/twin", 1)]
+    )
+    listener.on_subscribe = lambda *_: ready.set()
+    listener.on_message = lambda c, u, m: received.setdefault(m.topic, []).append(
+        (msgspec.json.decode(m.payload), m.retain)
+    )
+    listener.connect("127.0.0.1", mosquitto.port)
+    listener.loop_start()
+    try:
+        assert ready.wait(10)
+        twin = Twin(config)
+        with TestClient(create_app(config, twin)):
+            wait_until(lambda: twin.ingest.connected, 10, "the twin to connect")
+            feed(twin, {"seq": 1, "values": {"t": 150}})
+            wait_until(lambda: "factory/s1/m1/alert" in received, 10, "the alert on MQTT")
+            wait_until(lambda: "factory/s1/m1/twin" in received, 10, "the twin state on MQTT")
+        alert, _ = received["factory/s1/m1/alert"][0]
+        assert (alert["rule"], alert["state"], alert["machine"]) == ("hot", "active", "m1")
+        state, _ = received["factory/s1/m1/twin"][-1]
+        assert state["values"]["t"]["value"] == 150
+    finally:
+        listener.loop_stop()
+        listener.disconnect()

@@ -1,0 +1,59 @@
+"""`/alerts`: raised by the rules, acknowledged by operators."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from twin.alerts import Severity
+from twin.api.deps import TwinDep, WriteAccess
+from twin.api.schemas import AckRequest, AlertPage, AlertPublic
+
+router = APIRouter(prefix="/alerts", tags=["alerts"])
+
+
+@router.get("", response_model=AlertPage, summary="Alerts, newest first")
+def list_alerts(
+    twin: TwinDep,
+    machine: Annotated[str | None, Query(max_length=64)] = None,
+    site: Annotated[str | None, Query(max_length=64)] = None,
+    state: Literal["active", "cleared"] | None = None,
+    severity: Severity | None = None,
+    acknowledged: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    total, found = twin.alerts.query(
+        machine=machine,
+        site=site,
+        state=state,
+        severity=severity,
+        acknowledged=acknowledged,
+        limit=limit,
+        offset=offset,
+    )
+    return {"items": [asdict(a) for a in found], "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/{alert_id}", response_model=AlertPublic, summary="One alert")
+def get_alert(twin: TwinDep, alert_id: int) -> dict[str, Any]:
+    alert = twin.alerts.get(alert_id)
+    if alert is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert {alert_id}")
+    return asdict(alert)
+
+
+@router.post(
+    "/{alert_id}/ack",
+    response_model=AlertPublic,
+    dependencies=[WriteAccess],
+    summary="Acknowledge an alert (independent of its active/cleared state)",
+)
+def acknowledge(twin: TwinDep, alert_id: int, body: AckRequest | None = None) -> dict[str, Any]:
+    request = body or AckRequest()
+    alert = twin.alerts.acknowledge(alert_id, request.by, request.comment)
+    if alert is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert {alert_id}")
+    return asdict(alert)

@@ -1,0 +1,55 @@
+"""What the twin publishes over MQTT, for tools that speak MQTT but not HTTP.
+
+Every alert change goes to `{root}/{site}/{machine}/alert` (QoS 1). A machine's twin state goes
+retained to `{root}/{site}/{machine}/twin` when it changes, at most once per
+`twin_publish_interval_s` per machine (changes in between are sent when the interval is up).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+
+import msgspec
+
+from twin.alerts import Alert
+from twin.state import FleetState, MachineTwin
+from twin.topics import Topics
+
+Publish = Callable[[str, bytes, bool], None]  # topic, payload, retain
+
+
+class Outbound:
+    def __init__(
+        self, state: FleetState, topics: Topics, publish: Publish, interval_s: float = 1.0
+    ) -> None:
+        self.state = state
+        self.topics = topics
+        self.publish = publish
+        self.interval_s = interval_s
+        self._sent: dict[str, float] = {}
+        self._waiting: set[MachineTwin] = set()
+        self.published = 0
+
+    def alert(self, alert: Alert) -> None:
+        topic = self.topics.alert(alert.site, alert.machine)
+        self.publish(topic, msgspec.json.encode(asdict(alert)), False)
+        self.published += 1
+
+    def twins(self, changed: Iterable[MachineTwin]) -> None:
+        """Publish changed twins whose interval is up; keep the others for a later call."""
+        self._waiting.update(changed)
+        if not self._waiting:
+            return
+        now = time.monotonic()
+        due = [t for t in self._waiting if now - self._sent.get(t.machine, 0.0) >= self.interval_s]
+        if not due:
+            return
+        with self.state.lock:
+            states = [(t.site, t.machine, t.public(self.state.window_ms)) for t in due]
+        for site, machine, public in states:
+            self.publish(self.topics.twin(site, machine), msgspec.json.encode(public), True)
+            self._sent[machine] = now
+            self.published += 1
+        self._waiting.difference_update(due)
