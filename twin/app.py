@@ -25,6 +25,7 @@ from twin.outbound import Outbound
 from twin.pipeline import Pipeline
 from twin.risk import RiskScorer
 from twin.state import FleetState, HistoryPolicy, MachineTwin
+from twin.stream import EventHub
 from twin.topics import Topics
 from twin.trainer import Trainer
 
@@ -91,8 +92,11 @@ class Twin:
             self.state, [], settings.journal_path, settings.alert_retention_s
         )
         self.ingest = Ingest(settings, self.topics, self.pipeline.submit)
+        self.hub = EventHub(
+            client_buffer=settings.stream_buffer, heartbeat_s=settings.stream_heartbeat_s
+        )
         self.outbound = Outbound(
-            self.state, self.topics, self.ingest.publish, settings.twin_publish_interval_s
+            self.state, self.topics, self.ingest.publish, self.hub, settings.twin_publish_interval_s
         )
         self.alerts.listeners.append(self.outbound.alert)
         self.pipeline.ack = self.ingest.ack

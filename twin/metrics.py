@@ -67,6 +67,15 @@ class TwinCollector(Collector):
         scoring = CounterMetricFamily("twin_scoring_seconds", "Time spent scoring risk")
         scoring.add_metric([], twin.scorer.seconds)
         yield scoring
+        clients = GaugeMetricFamily("twin_stream_clients", "Connected /stream clients")
+        clients.add_metric([], twin.hub.clients)
+        yield clients
+        dropped_clients = CounterMetricFamily(
+            "twin_stream_dropped", "/stream clients dropped", labels=["reason"]
+        )
+        for reason, count in twin.hub.dropped.items():
+            dropped_clients.add_metric([reason], count)
+        yield dropped_clients
         scored = CounterMetricFamily("twin_scored_machines", "Machine scorings")
         scored.add_metric([], twin.scorer.scored)
         yield scored

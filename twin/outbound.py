@@ -1,8 +1,10 @@
-"""What the twin publishes over MQTT, for tools that speak MQTT but not HTTP.
+"""What the twin tells the outside: over MQTT, for tools that speak MQTT but not HTTP, and on
+the `/stream` event hub.
 
 Every alert change goes to `{root}/{site}/{machine}/alert` (QoS 1). A machine's twin state goes
 retained to `{root}/{site}/{machine}/twin` when it changes, at most once per
-`twin_publish_interval_s` per machine (changes in between are sent when the interval is up).
+`twin_publish_interval_s` per machine (changes in between are sent when the interval is up). The
+stream gets the same events at the same cadence.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import msgspec
 
 from twin.alerts import Alert
 from twin.state import FleetState, MachineTwin
+from twin.stream import EventHub
 from twin.topics import Topics
 
 Publish = Callable[[str, bytes, bool], None]  # topic, payload, retain
@@ -22,9 +25,15 @@ Publish = Callable[[str, bytes, bool], None]  # topic, payload, retain
 
 class Outbound:
     def __init__(
-        self, state: FleetState, topics: Topics, publish: Publish, interval_s: float = 1.0
+        self,
+        state: FleetState,
+        topics: Topics,
+        publish: Publish,
+        hub: EventHub,
+        interval_s: float = 1.0,
     ) -> None:
         self.state = state
+        self.hub = hub
         self.topics = topics
         self.publish = publish
         self.interval_s = interval_s
@@ -33,8 +42,9 @@ class Outbound:
         self.published = 0
 
     def alert(self, alert: Alert) -> None:
-        topic = self.topics.alert(alert.site, alert.machine)
-        self.publish(topic, msgspec.json.encode(asdict(alert)), False)
+        body = asdict(alert)
+        self.publish(self.topics.alert(alert.site, alert.machine), msgspec.json.encode(body), False)
+        self.hub.publish("alert", alert.site, alert.machine, body)
         self.published += 1
 
     def twins(self, changed: Iterable[MachineTwin]) -> None:
@@ -50,6 +60,7 @@ class Outbound:
             states = [(t.site, t.machine, t.public(self.state.window_ms)) for t in due]
         for site, machine, public in states:
             self.publish(self.topics.twin(site, machine), msgspec.json.encode(public), True)
+            self.hub.publish("twin", site, machine, public)
             self._sent[machine] = now
             self.published += 1
         self._waiting.difference_update(due)

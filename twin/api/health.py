@@ -44,6 +44,7 @@ def health(twin: TwinDep) -> dict[str, Any]:
             "failure": pipeline.failure,
         },
         "sinks": sinks,
+        "stream": {"clients": twin.hub.clients, "dropped": dict(twin.hub.dropped)},
         "scoring": {
             "models": len(twin.scorer.models),
             "scored": twin.scorer.scored,

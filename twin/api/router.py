@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from twin.api import alerts, deadletters, health, machines, metrics, model
+from twin.api import alerts, deadletters, health, machines, metrics, model, stream
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ def install(app: FastAPI) -> None:
     metrics.install_metrics(app)
     app.include_router(machines.router)
     app.include_router(alerts.router)
+    app.include_router(stream.router)
     app.include_router(model.router)
     app.include_router(deadletters.router)
     app.add_exception_handler(Exception, _internal_error)

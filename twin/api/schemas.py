@@ -130,6 +130,11 @@ class SinkHealth(BaseModel):
     last_error: str | None
 
 
+class StreamHealth(BaseModel):
+    clients: int = Field(description="connected /stream clients")
+    dropped: dict[str, int] = Field(description="clients dropped, by reason")
+
+
 class HealthPublic(BaseModel):
     status: str = Field(description="ok, or degraded with the reason in `problems`")
     problems: list[str]
@@ -139,6 +144,7 @@ class HealthPublic(BaseModel):
     readings: ReadingTotals
     journal: JournalHealth
     sinks: list[SinkHealth]
+    stream: StreamHealth
     scoring: ScoringHealth
 
 
