@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the integration tests start as real servers.
-SERVICES := mosquitto influxdb victoria-metrics
+SERVICES := mosquitto influxdb victoria-metrics chromium
 
 .PHONY: demo test lint services bench clean
 

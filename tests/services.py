@@ -13,10 +13,12 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +250,20 @@ class VictoriaMetrics(_Server):
         query = urllib.parse.urlencode({"match[]": match})
         with urllib.request.urlopen(f"{self.url}/api/v1/export?{query}", timeout=10) as response:
             return [json.loads(line) for line in response.read().splitlines() if line.strip()]
+
+
+@contextmanager
+def uvicorn_server(app: Any) -> Iterator[int]:
+    """Serve an ASGI app with a real uvicorn on a free loopback port; yield the port."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 20, "uvicorn to start")
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(20)

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
-import uvicorn
 
-from tests.services import free_port, wait_until
+from tests.services import uvicorn_server, wait_until
 from twin.app import Twin, create_app
 from twin.config import Settings
 from twin.messages import RawMessage
@@ -26,16 +25,8 @@ def served(settings: Settings, tmp_path: Path) -> Iterator[tuple[Twin, int]]:
     rules.write_text('[[rule]]\nid = "hot"\nkind = "threshold"\nsignal = "t"\nabove = 100\n')
     config = settings.model_copy(update={"alert_rules": rules, "twin_publish_interval_s": 0})
     twin = Twin(config)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config, twin), port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, 20, "uvicorn to start")
-    yield twin, port
-    server.should_exit = True
-    thread.join(20)
+    with uvicorn_server(create_app(config, twin)) as port:
+        yield twin, port
 
 
 def feed(twin: Twin, machine: str, value: float, seq: int) -> None:
