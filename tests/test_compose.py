@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from twin.messages import CANONICAL_SIGNALS
-from twin.sinks.lineprotocol import pipeline_line, risk_line, telemetry_lines
+from twin.sinks.lineprotocol import alert_line, pipeline_line, risk_line, telemetry_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -90,6 +90,7 @@ def _written() -> dict[str, set[str]]:
         *telemetry_lines("s", "m", [Reading(1, 1, dict.fromkeys(CANONICAL_SIGNALS, 1.0))]),
         risk_line("s", "m", "v", 0.5, 0.4, 1),
         pipeline_line("influxdb2", 1, 1, 1, 1, 1),
+        alert_line("s", "m", "r", "major", 1, "active", False, "x", 1),
     ]
     out: dict[str, set[str]] = {}
     for line in lines:
@@ -108,7 +109,11 @@ def test_every_panel_queries_what_the_sink_writes(path: Path) -> None:
     for variable in dashboard["templating"]["list"]:
         assert variable["datasource"]["uid"] == "factory-influxdb"
     assert dashboard["panels"]
-    for panel in dashboard["panels"]:
+    annotations = [
+        {"title": a["name"], "datasource": a["datasource"], "targets": [a["target"]]}
+        for a in dashboard.get("annotations", {}).get("list", [])
+    ]
+    for panel in dashboard["panels"] + annotations:
         assert panel["datasource"]["uid"] == "factory-influxdb", panel["title"]
         for target in panel["targets"]:
             query = target["query"]

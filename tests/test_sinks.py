@@ -49,7 +49,7 @@ def test_readings_land_as_points_with_tags_fields_and_event_time(
     influx_twin: tuple[Twin, TestClient], influxdb: InfluxDB1
 ) -> None:
     twin, client = influx_twin
-    submit(twin, "m1", {"ts": T0, "seq": 1, "values": {"torque_nm": 40.5, "tool_wear_min": 3}})
+    submit(twin, "m1", {"ts": T0, "seq": 1, "values": {"torque_nm": 40.5, "tool_wear_min": 230}})
     submit(twin, "m1", {"ts": T0 + 1000, "seq": 2, "values": {"torque_nm": 41.0}})
     submit(twin, "m2", {"ts": T0 + 5, "seq": 1, "values": {"vibration_mm_s": 2.5}}, site="s2")
     forwarder = twin.forwarders[0]
@@ -63,7 +63,7 @@ def test_readings_land_as_points_with_tags_fields_and_event_time(
         dict(zip(by_machine["m1"]["columns"], v, strict=True)) for v in by_machine["m1"]["values"]
     ]
     assert [(r["time"], r["torque_nm"], r["tool_wear_min"]) for r in rows] == [
-        (T0, 40.5, 3.0),
+        (T0, 40.5, 230.0),
         (T0 + 1000, 41.0, None),
     ]
     assert by_machine["m2"]["tags"]["site"] == "s2"
@@ -80,6 +80,20 @@ def test_readings_land_as_points_with_tags_fields_and_event_time(
     ).json()["series"]["torque_nm"]
     assert sum(w["mean"] for w in windows) > 0
     assert min(w["min"] for w in windows) == 40.5
+    # The worn tool raised the default tool_wear_high alert: its change is a point too.
+    wait_until(
+        lambda: influxdb.query("SELECT * FROM alert", db="twin")["results"][0].get("series"),
+        10,
+        "the alert point",
+    )
+    (alert_series,) = influxdb.query("SELECT * FROM alert", db="twin")["results"][0]["series"]
+    alert = dict(zip(alert_series["columns"], alert_series["values"][0], strict=True))
+    assert (alert["rule"], alert["state"], alert["machine"], alert["acknowledged"]) == (
+        "tool_wear_high",
+        "active",
+        "m1",
+        False,
+    )
     health = client.get("/health").json()
     assert health["sinks"][0]["name"] == "influxdb1"
     assert health["sinks"][0]["lag"] == 0

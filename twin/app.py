@@ -99,6 +99,7 @@ class Twin:
             self.state, self.topics, self.ingest.publish, self.hub, settings.twin_publish_interval_s
         )
         self.alerts.listeners.append(self.outbound.alert)
+        self.alerts.listeners += [forwarder.alert for forwarder in self.forwarders]
         self.pipeline.ack = self.ingest.ack
         self.pipeline.on_applied = self._after_apply
         self.started_at = time.monotonic()

@@ -21,10 +21,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from twin.alerts import Alert
 from twin.journal import read_after
 from twin.messages import Limits, decode
 from twin.sinks import Sink, SinkError
-from twin.sinks.lineprotocol import pipeline_line, risk_line, telemetry_lines
+from twin.sinks.lineprotocol import alert_line, pipeline_line, risk_line, telemetry_lines
 from twin.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ class Forwarder:
         self.limits = limits
         self.batch = batch
         self.max_delay_s = max_delay_s
+        # Not journalled, so not durable: fresh risk scores and alert changes wait here.
         self.risk: deque[RiskPoint] = deque(maxlen=100_000)
+        self.alerts: deque[str] = deque(maxlen=100_000)
         self.cursor = 0
         self.written = 0
         self.retries = 0
@@ -107,6 +110,22 @@ class Forwarder:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    def alert(self, alert: Alert) -> None:
+        """An alert change, as a point of the `alert` measurement (called on the journal thread)."""
+        self.alerts.append(
+            alert_line(
+                alert.site,
+                alert.machine,
+                alert.rule,
+                alert.severity,
+                alert.id,
+                alert.state,
+                alert.acknowledged,
+                alert.message,
+                alert.updated_at,
+            )
+        )
 
     def status(self) -> dict[str, Any]:
         return {
@@ -172,6 +191,8 @@ class Forwarder:
                 break
         while self.risk and len(lines) < self.batch:
             lines.append(risk_line(*self.risk.popleft()))
+        while self.alerts and len(lines) < self.batch:
+            lines.append(self.alerts.popleft())
         if time.monotonic() - self._last_pipeline >= _PIPELINE_EVERY_S:
             self._last_pipeline = time.monotonic()
             received, duplicates, rejected = self.counts()

@@ -2,8 +2,9 @@
 
 Schema: measurement `telemetry`, tags `site` and `machine`, one field per signal; measurement
 `risk`, tags `site`, `machine`, `model_version`, fields `probability` and `threshold`; measurement
-`pipeline` (the twin's own health every 10 s), tag `sink`, fields `received`,
-`duplicates`, `rejected`, `sink_lag`. Timestamps are milliseconds (write with precision=ms):
+`alert` (every alert change), tags `site`, `machine`, `rule`, `severity`, fields `id`, `state`,
+`acknowledged`, `message`; `pipeline` (the twin's own health every 10 s), tag `sink`, fields
+`received`, `duplicates`, `rejected`, `sink_lag`. Timestamps are milliseconds (write with precision=ms):
 event time for telemetry, scoring time for risk. Lines are formatted directly: influxdb-client's
 `Point` serialises ~4x slower, and this is the sink's hot path.
 """
@@ -36,6 +37,28 @@ def risk_line(
     return (
         f"risk,machine={tag(machine)},model_version={tag(model_version)},site={tag(site)} "
         f"probability={float(probability)!r},threshold={float(threshold)!r} {ts}"
+    )
+
+
+def _string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def alert_line(
+    site: str,
+    machine: str,
+    rule: str,
+    severity: str,
+    alert_id: int,
+    state: str,
+    acknowledged: bool,
+    message: str,
+    ts: int,
+) -> str:
+    return (
+        f"alert,machine={tag(machine)},rule={tag(rule)},severity={tag(severity)},site={tag(site)} "
+        f"id={alert_id}i,state={_string(state)},acknowledged={'true' if acknowledged else 'false'},"
+        f"message={_string(message)} {ts}"
     )
 
 
