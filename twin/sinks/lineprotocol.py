@@ -1,12 +1,14 @@
 """InfluxDB line protocol, shared by both InfluxDB sinks.
 
-Schema: measurement `telemetry`, tags `site` and `machine`, one field per signal; measurement
-`risk`, tags `site`, `machine`, `model_version`, fields `probability` and `threshold`; measurement
-`alert` (every alert change), tags `site`, `machine`, `rule`, `severity`, fields `id`, `state`,
-`acknowledged`, `message`; `pipeline` (the twin's own health every 10 s), tag `sink`, fields
-`received`, `duplicates`, `rejected`, `sink_lag`. Timestamps are milliseconds (write with precision=ms):
-event time for telemetry, scoring time for risk. Lines are formatted directly: influxdb-client's
-`Point` serialises ~4x slower, and this is the sink's hot path.
+Schema (timestamps in milliseconds, written with precision=ms):
+- `telemetry`: tags `site`, `machine`; one field per signal; the reading's event time.
+- `risk`: tags `site`, `machine`, `model_version`; fields `probability`, `threshold`; scoring time.
+- `alert`: tags `site`, `machine`, `rule`, `severity`; fields `id`, `state`, `acknowledged`,
+  `message`; the time of the change.
+- `pipeline`: tag `sink`; fields `received`, `duplicates`, `rejected`, `sink_lag`; every 10 s.
+
+Lines are formatted directly: influxdb-client's `Point` serialises ~4x slower, and this is the
+sink's hot path.
 """
 
 from __future__ import annotations
