@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -263,3 +264,44 @@ def test_alerts_and_twin_states_are_published_over_mqtt(
     finally:
         listener.loop_stop()
         listener.disconnect()
+
+
+@pytest.mark.integration
+def test_simulated_fleet_raises_risk_alerts_one_at_a_time_and_offline_alerts_when_it_goes(
+    settings: Settings, mosquitto: Mosquitto
+) -> None:
+    from devices.fleet import Fleet, FleetOptions
+
+    config = settings.model_copy(update={"mqtt_url": mosquitto.url})
+    twin = Twin(config)
+    with TestClient(create_app(config, twin)) as client:
+        wait_until(lambda: twin.ingest.connected, 10, "the twin to connect")
+        options = FleetOptions(machines=3, rate_hz=100, count=300, seed=11)
+        fleet = Fleet(config.broker, twin.topics, options)
+        fleet.start()
+        assert fleet.wait(60)
+        wait_until(lambda: twin.state.totals.received == 900, 30, "all readings")
+        risk = client.get("/alerts", params={"limit": 1000}).json()["items"]
+        risk = [a for a in risk if a["rule"] == "failure_risk"]
+        assert risk, "no machine drifted into failure conditions"
+        for machine in {a["machine"] for a in risk}:
+            mine = sorted((a for a in risk if a["machine"] == machine), key=lambda a: a["id"])
+            # One at a time: each alert was cleared before the next was raised.
+            for earlier, later in itertools.pairwise(mine):
+                assert earlier["state"] == "cleared"
+                assert earlier["cleared_at"] <= later["raised_at"]
+            assert all(a["model_version"] for a in mine)
+        fleet.stop()  # each device says offline
+        wait_until(
+            lambda: (
+                client.get("/alerts", params={"state": "active"}).json()["items"]
+                and {
+                    a["machine"]
+                    for a in client.get("/alerts", params={"state": "active"}).json()["items"]
+                    if a["rule"] == "offline"
+                }
+                == {m.name for m in fleet.machines}
+            ),
+            15,
+            "an offline alert per machine",
+        )
