@@ -146,6 +146,24 @@ def test_alerts_survive_a_restart_without_being_raised_again(tmp_path: Path) -> 
     assert (alert.id, alert.state, alert.acknowledged_by) == (1, "active", "ana")
 
 
+def test_cleared_alerts_are_kept_for_the_retention_then_dropped(tmp_path: Path) -> None:
+    state = FleetState()
+    alerts = AlertManager(
+        state, [Rule(id="hot", kind="threshold", signal="t", above=100)], tmp_path / "a.db", 0.05
+    )
+    alerts.open()
+    now = int(time.time() * 1000)
+    reading(state, alerts, now, t=101)
+    reading(state, alerts, now + 1, t=99)
+    alerts.sweep(interval_s=0)
+    assert alerts.query()[0] == 1  # cleared, still within the retention
+    wait_until(lambda: (alerts.sweep(interval_s=0), alerts.query()[0])[1] == 0, 5, "expiry")
+    alerts.close()
+    reopened = AlertManager(state, [], tmp_path / "a.db", 0.05)
+    reopened.open()
+    assert reopened.query()[0] == 0
+
+
 def test_rules_file_extends_the_defaults_and_bad_files_name_the_line(tmp_path: Path) -> None:
     good = tmp_path / "rules.toml"
     good.write_text('[[rule]]\nid = "hot"\nkind = "threshold"\nsignal = "t"\nabove = 5\n')
