@@ -23,6 +23,7 @@ from twin.model import BUNDLED_CSV, DEFAULT_SCOPE, Predictor, Registry, fit, rea
 from twin.model.fleet import FEATURE_WINDOW_MS
 from twin.outbound import Outbound
 from twin.pipeline import Pipeline
+from twin.planning import Planner
 from twin.risk import RiskScorer
 from twin.state import FleetState, HistoryPolicy, MachineTwin
 from twin.stream import EventHub
@@ -100,6 +101,8 @@ class Twin:
         )
         self.alerts.listeners.append(self.outbound.alert)
         self.alerts.listeners += [forwarder.alert for forwarder in self.forwarders]
+        self.planner = Planner(self.state, self.scorer, self.hub)
+        self.alerts.listeners.append(self.planner.on_alert)
         self.pipeline.ack = self.ingest.ack
         self.pipeline.on_applied = self._after_apply
         self.started_at = time.monotonic()

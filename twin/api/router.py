@@ -7,7 +7,17 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from twin.api import alerts, dashboard, deadletters, health, machines, metrics, model, stream
+from twin.api import (
+    alerts,
+    allocations,
+    dashboard,
+    deadletters,
+    health,
+    machines,
+    metrics,
+    model,
+    stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +34,7 @@ def install(app: FastAPI) -> None:
     app.include_router(machines.router)
     dashboard.install_dashboard(app)
     app.include_router(alerts.router)
+    app.include_router(allocations.router)
     app.include_router(stream.router)
     app.include_router(model.router)
     app.include_router(deadletters.router)

@@ -234,3 +234,99 @@ class HistoryPublic(BaseModel):
     series: dict[str, list[dict[str, float | int]]] = Field(
         description="per signal: {ts, value} points, or {ts, mean, min, max} per window"
     )
+
+
+_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+
+class TaskIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=_ID)
+    duration_min: float = Field(gt=0, le=100_000)
+    machine_type: str | None = Field(default=None, max_length=64)
+    site: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    due_min: float | None = Field(default=None, ge=0)
+    priority: float = Field(default=1.0, gt=0, le=1000)
+
+
+class AllocationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[TaskIn] = Field(min_length=1, max_length=100_000)
+    horizon_min: float = Field(default=480, gt=0, le=1_000_000)
+    max_risk: float | None = Field(
+        default=None, ge=0, le=1, description="default: the default model's threshold"
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_ids(cls, tasks: list[TaskIn]) -> list[TaskIn]:
+        ids = [t.id for t in tasks]
+        if len(set(ids)) != len(ids):
+            raise ValueError("task ids must be unique")
+        return tasks
+
+
+class AllocationPublic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    created_at: int
+    horizon_min: float
+    max_risk: float
+    assignments: list[dict[str, Any]] = Field(
+        description="{task, machine, site, start_min, end_min, risk, late_min, why}"
+    )
+    unassigned: list[dict[str, Any]] = Field(description="{task, reason}")
+    excluded: list[dict[str, Any]] = Field(description="machines left out, and why")
+    objective: dict[str, float]
+    solver: dict[str, Any]
+    affected: list[dict[str, Any]] = Field(description="machines with assigned work now in alert")
+    replans: int
+
+
+class SiteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    capacity: float | None = Field(
+        default=None, ge=0, description="default: healthy online machines x capacity_per_machine"
+    )
+    unit_cost: float = Field(ge=0)
+
+
+class DemandIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=_ID)
+    quantity: float = Field(ge=0)
+    shortfall_cost: float = Field(ge=0)
+
+
+class TransportIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    site: str
+    demand: str
+    cost: float = Field(ge=0)
+
+
+class PlanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sites: list[SiteIn] = Field(min_length=1, max_length=1000)
+    demands: list[DemandIn] = Field(min_length=1, max_length=10_000)
+    transport: list[TransportIn] = Field(default_factory=list)
+    capacity_per_machine: float = Field(default=1.0, ge=0)
+
+
+class PlanPublic(BaseModel):
+    status: str
+    total_cost: float
+    quantities: list[dict[str, Any]]
+    shortfalls: list[dict[str, Any]]
+    capacities: list[dict[str, Any]] = Field(
+        description="{site, capacity, used, binding, shadow_price}: what one more unit would save"
+    )
+    solver: dict[str, Any]

@@ -1,0 +1,410 @@
+"""Allocating production tasks to machines by their live health, and planning across sites.
+
+Allocation: a task may go to a machine that is online, below the risk limit, and of the required
+type and site. The assignment minimises, in this order of weight: tasks left unassigned (by
+priority), then makespan + expected failure cost (duration x risk) + lateness (by priority),
+within each machine's horizon. Up to `MILP_MAX_PAIRS` eligible (task, machine) pairs it is solved
+exactly as a mixed-integer programme (scipy's HiGHS); above that, or if HiGHS finds nothing in
+its time limit, by a greedy heuristic: tasks by priority, then due time, then longest first, each
+to the eligible machine where it adds least to that same objective. On each machine, tasks run
+in earliest-due-date order, which minimises its maximum lateness. Same input and fleet, same answer.
+
+Planning: a linear programme over sites (capacity, unit cost, transport cost per demand) and
+demands (quantity, shortfall cost); scipy's HiGHS returns the optimum and the capacity duals.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+
+MILP_MAX_PAIRS = 20_000
+MILP_TIME_LIMIT_S = 10.0
+_UNASSIGNED = 10_000.0  # per minute of an unassigned task, times its priority: always worse
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    duration_min: float
+    machine_type: str | None = None
+    site: str | None = None
+    due_min: float | None = None
+    priority: float = 1.0
+
+
+@dataclass(frozen=True)
+class Machine:
+    machine: str
+    site: str
+    type: str | None
+    online: bool | None
+    risk: float | None  # failure probability; None when not scored
+    contributions: dict[str, float] = field(default_factory=dict)
+    load_min: float = 0.0  # already committed work
+
+
+@dataclass
+class Allocation:
+    assignments: list[dict[str, Any]]
+    unassigned: list[dict[str, Any]]
+    excluded: list[dict[str, Any]]
+    objective: dict[str, float]
+    solver: dict[str, Any]
+
+
+def _excluded(
+    machines: list[Machine], max_risk: float
+) -> tuple[list[Machine], list[dict[str, Any]]]:
+    usable, excluded = [], []
+    for m in machines:
+        if m.online is not True:
+            excluded.append(
+                {
+                    "machine": m.machine,
+                    "site": m.site,
+                    "reason": "offline" if m.online is False else "no status yet",
+                }
+            )
+        elif m.risk is None:
+            excluded.append({"machine": m.machine, "site": m.site, "reason": "no risk score"})
+        elif m.risk > max_risk:
+            top = dict(list(m.contributions.items())[:3])
+            excluded.append(
+                {
+                    "machine": m.machine,
+                    "site": m.site,
+                    "reason": f"risk {m.risk:.2f} above the limit {max_risk:.2f}",
+                    "risk": m.risk,
+                    "contributions": top,
+                }
+            )
+        else:
+            usable.append(m)
+    return usable, excluded
+
+
+def _eligible(task: Task, machine: Machine, horizon: float) -> str | None:
+    """None when `machine` can take `task`, else why not."""
+    if task.machine_type is not None and machine.type != task.machine_type:
+        return "type"
+    if task.site is not None and machine.site != task.site:
+        return "site"
+    if machine.load_min + task.duration_min > horizon:
+        return "horizon"
+    return None
+
+
+def allocate(
+    tasks: list[Task], machines: list[Machine], horizon_min: float, max_risk: float
+) -> Allocation:
+    started = time.perf_counter()
+    tasks = sorted(tasks, key=lambda t: t.id)
+    usable, excluded = _excluded(sorted(machines, key=lambda m: m.machine), max_risk)
+    pairs = [
+        (ti, mi)
+        for ti, t in enumerate(tasks)
+        for mi, m in enumerate(usable)
+        if _eligible(t, m, horizon_min) is None
+    ]
+    solver: dict[str, Any]
+    chosen: dict[int, int] | None = None
+    if pairs and len(pairs) <= MILP_MAX_PAIRS:
+        chosen, solver = _milp(tasks, usable, pairs, horizon_min)
+    if chosen is None:
+        chosen = _greedy(tasks, usable, horizon_min)
+        solver = {
+            **(solver if pairs and len(pairs) <= MILP_MAX_PAIRS else {}),
+            "name": "greedy",
+            "reason": "more eligible pairs than the MILP limit"
+            if len(pairs) > MILP_MAX_PAIRS
+            else "no MILP solution",
+        }
+    result = _schedule(tasks, usable, chosen, horizon_min, excluded)
+    result.solver = {
+        **solver,
+        "pairs": len(pairs),
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+    return result
+
+
+def _costs(task: Task, machine: Machine) -> float:
+    return task.duration_min * (machine.risk or 0.0)
+
+
+def _milp(
+    tasks: list[Task], machines: list[Machine], pairs: list[tuple[int, int]], horizon: float
+) -> tuple[dict[int, int] | None, dict[str, Any]]:
+    n_pairs = len(pairs)
+    # Variables: x[pair] binary, then makespan C, then lateness L[t] per task with a due time.
+    due = [i for i, t in enumerate(tasks) if t.due_min is not None]
+    n = n_pairs + 1 + len(due)
+    c = np.zeros(n)
+    for k, (ti, mi) in enumerate(pairs):
+        t = tasks[ti]
+        c[k] = _costs(t, machines[mi]) - _UNASSIGNED * t.priority * t.duration_min
+    c[n_pairs] = 1.0
+    for j, ti in enumerate(due):
+        c[n_pairs + 1 + j] = tasks[ti].priority
+    rows, lower, upper = [], [], []
+
+    def row() -> np.ndarray:
+        r = np.zeros(n)
+        rows.append(r)
+        return r
+
+    by_task: dict[int, list[int]] = {}
+    by_machine: dict[int, list[int]] = {}
+    for k, (ti, mi) in enumerate(pairs):
+        by_task.setdefault(ti, []).append(k)
+        by_machine.setdefault(mi, []).append(k)
+    for ks in by_task.values():  # each task at most once
+        r = row()
+        r[ks] = 1
+        lower.append(-np.inf)
+        upper.append(1)
+    for mi, ks in by_machine.items():
+        load = np.asarray([tasks[pairs[k][0]].duration_min for k in ks])
+        base = machines[mi].load_min
+        r = row()  # within the horizon
+        r[ks] = load
+        lower.append(-np.inf)
+        upper.append(horizon - base)
+        r = row()  # makespan covers it: load - C <= -base
+        r[ks] = load
+        r[n_pairs] = -1
+        lower.append(-np.inf)
+        upper.append(-base)
+    # Lateness, conservatively: a task ends no later than its machine's whole load.
+    big = horizon
+    for j, ti in enumerate(due):
+        for k in by_task.get(ti, []):
+            mi = pairs[k][1]
+            ks = by_machine[mi]
+            r = row()  # load_m - L_t + big * x_tm <= due + big - base
+            r[ks] = [tasks[pairs[q][0]].duration_min for q in ks]
+            r[k] += big
+            r[n_pairs + 1 + j] = -1
+            lower.append(-np.inf)
+            upper.append(tasks[ti].due_min + big - machines[mi].load_min)  # type: ignore[operator]
+    integrality = np.zeros(n)
+    integrality[:n_pairs] = 1
+    bounds = Bounds(np.zeros(n), np.concatenate([np.ones(n_pairs), np.full(1 + len(due), np.inf)]))
+    constraints = LinearConstraint(np.vstack(rows), lower, upper) if rows else ()
+    result = milp(
+        c,
+        integrality=integrality,
+        bounds=bounds,
+        constraints=constraints,
+        options={"time_limit": MILP_TIME_LIMIT_S, "disp": False},
+    )
+    info = {"name": "milp (HiGHS)", "status": result.message, "optimal": result.status == 0}
+    if result.x is None:
+        return None, info
+    chosen = {pairs[k][0]: pairs[k][1] for k in range(n_pairs) if result.x[k] > 0.5}
+    return chosen, info
+
+
+def _greedy(tasks: list[Task], machines: list[Machine], horizon: float) -> dict[int, int]:
+    load = [m.load_min for m in machines]
+    chosen: dict[int, int] = {}
+    order = sorted(
+        range(len(tasks)),
+        key=lambda i: (
+            -tasks[i].priority,
+            tasks[i].due_min if tasks[i].due_min is not None else np.inf,
+            -tasks[i].duration_min,
+            tasks[i].id,
+        ),
+    )
+    for ti in order:
+        t = tasks[ti]
+        best, best_cost = None, np.inf
+        for mi, m in enumerate(machines):
+            if _eligible(
+                t, Machine(m.machine, m.site, m.type, m.online, m.risk, load_min=load[mi]), horizon
+            ):
+                continue
+            end = load[mi] + t.duration_min
+            late = max(0.0, end - t.due_min) * t.priority if t.due_min is not None else 0.0
+            cost = end + _costs(t, m) + late
+            if cost < best_cost:
+                best, best_cost = mi, cost
+        if best is not None:
+            chosen[ti] = best
+            load[best] += t.duration_min
+    return chosen
+
+
+def _schedule(
+    tasks: list[Task],
+    machines: list[Machine],
+    chosen: dict[int, int],
+    horizon: float,
+    excluded: list[dict[str, Any]],
+) -> Allocation:
+    assignments: list[dict[str, Any]] = []
+    per_machine: dict[int, list[int]] = {}
+    for ti, mi in chosen.items():
+        per_machine.setdefault(mi, []).append(ti)
+    lateness = failure = 0.0
+    makespan = max((m.load_min for m in machines), default=0.0)
+    for mi, tis in sorted(per_machine.items()):
+        m = machines[mi]
+        clock = m.load_min
+        for ti in sorted(
+            tis,
+            key=lambda i: (
+                tasks[i].due_min if tasks[i].due_min is not None else np.inf,
+                tasks[i].id,
+            ),
+        ):
+            t = tasks[ti]
+            start, clock = clock, clock + t.duration_min
+            late = max(0.0, clock - t.due_min) if t.due_min is not None else 0.0
+            lateness += late * t.priority
+            failure += _costs(t, m)
+            needs = [
+                f"type {t.machine_type}" if t.machine_type else None,
+                f"site {t.site}" if t.site else None,
+            ]
+            assignments.append(
+                {
+                    "task": t.id,
+                    "machine": m.machine,
+                    "site": m.site,
+                    "start_min": round(start, 3),
+                    "end_min": round(clock, 3),
+                    "risk": m.risk,
+                    "late_min": round(late, 3),
+                    "why": (
+                        f"risk {m.risk:.3f}, load {clock:.0f}/{horizon:.0f} min"
+                        + "".join(f", meets {n}" for n in needs if n)
+                    ),
+                }
+            )
+        makespan = max(makespan, clock)
+    unassigned = []
+    for ti, t in enumerate(tasks):
+        if ti in chosen:
+            continue
+        reasons = {_eligible(t, m, horizon) for m in machines}
+        if not machines:
+            why = "no machine is online and below the risk limit"
+        elif "type" in reasons and len(reasons) == 1:
+            why = f"no usable machine of type {t.machine_type}"
+        elif reasons <= {"type", "site"}:
+            why = (
+                f"no usable machine of type {t.machine_type} at site {t.site}"
+                if t.machine_type
+                else f"no usable machine at site {t.site}"
+            )
+        elif t.duration_min > horizon:
+            why = f"longer ({t.duration_min:g} min) than the horizon ({horizon:g} min)"
+        else:
+            why = "no capacity left within the horizon on the machines that could take it"
+        unassigned.append({"task": t.id, "reason": why})
+    assignments.sort(key=lambda a: (a["machine"], a["start_min"]))
+    return Allocation(
+        assignments,
+        unassigned,
+        excluded,
+        {
+            "makespan_min": round(makespan, 3),
+            "expected_failure_cost": round(failure, 4),
+            "weighted_lateness_min": round(lateness, 3),
+            "total": round(makespan + failure + lateness, 4),
+            "assigned": len(assignments),
+            "unassigned": len(unassigned),
+        },
+        {},
+    )
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    capacity: float
+    unit_cost: float
+
+
+@dataclass(frozen=True)
+class Demand:
+    id: str
+    quantity: float
+    shortfall_cost: float
+
+
+class PlanError(ValueError):
+    """An LP that has no optimum (infeasible or unbounded), with which constraint."""
+
+
+def plan(
+    sites: list[Site], demands: list[Demand], transport: dict[tuple[str, str], float]
+) -> dict[str, Any]:
+    """Minimise production + transport + shortfall cost; quantities, duals, binding capacities."""
+    ns, nd = len(sites), len(demands)
+    n = ns * nd + nd  # q[s, d] then shortfall[d]
+    c = np.zeros(n)
+    for si, s in enumerate(sites):
+        for di, d in enumerate(demands):
+            c[si * nd + di] = s.unit_cost + transport.get((s.name, d.id), 0.0)
+    for di, d in enumerate(demands):
+        c[ns * nd + di] = d.shortfall_cost
+    a_ub = np.zeros((ns, n))
+    for si in range(ns):
+        a_ub[si, si * nd : (si + 1) * nd] = 1
+    a_eq = np.zeros((nd, n))
+    for di in range(nd):
+        a_eq[di, [si * nd + di for si in range(ns)]] = 1
+        a_eq[di, ns * nd + di] = 1
+    result = linprog(
+        c,
+        A_ub=a_ub,
+        b_ub=[s.capacity for s in sites],
+        A_eq=a_eq,
+        b_eq=[d.quantity for d in demands],
+        bounds=[(0, None)] * n,
+        method="highs",
+    )
+    if result.status == 2:
+        raise PlanError(
+            "infeasible: the demands cannot be met even with shortfall (check quantities)"
+        )
+    if result.status == 3:
+        raise PlanError("unbounded: a negative cost with no capacity limit")
+    if result.status != 0:
+        raise PlanError(f"no optimum: {result.message}")
+    x = result.x
+    shadow = result.ineqlin.marginals
+    return {
+        "status": "optimal",
+        "total_cost": round(float(result.fun), 6),
+        "quantities": [
+            {"site": s.name, "demand": d.id, "quantity": round(float(x[si * nd + di]), 6)}
+            for si, s in enumerate(sites)
+            for di, d in enumerate(demands)
+            if x[si * nd + di] > 1e-9
+        ],
+        "shortfalls": [
+            {"demand": d.id, "quantity": round(float(x[ns * nd + di]), 6)}
+            for di, d in enumerate(demands)
+            if x[ns * nd + di] > 1e-9
+        ],
+        "capacities": [
+            {
+                "site": s.name,
+                "capacity": s.capacity,
+                "used": round(float(a_ub[si] @ x), 6),
+                "binding": bool(s.capacity - a_ub[si] @ x <= 1e-9),
+                "shadow_price": round(float(-shadow[si]), 6),
+            }
+            for si, s in enumerate(sites)
+        ],
+        "solver": {"name": "linprog (HiGHS)", "message": result.message},
+    }

@@ -1,0 +1,155 @@
+"""Allocations against the live fleet: solved, kept, marked when an alert hits, re-planned.
+
+Allocations are kept in memory (they describe work about to start; a restart drops them). When a
+machine with assigned work raises a risk or offline alert, every allocation using it is marked
+affected and the change goes out on `/stream` (`allocation` events); `replan` moves the affected
+tasks to machines that are usable now, keeping the rest of the allocation as it was.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any
+
+from twin.alerts import Alert
+from twin.allocation import Allocation, Machine, Task, allocate
+from twin.risk import RiskScorer
+from twin.state import FleetState
+from twin.stream import EventHub
+
+
+class Planner:
+    def __init__(self, state: FleetState, scorer: RiskScorer, hub: EventHub) -> None:
+        self.state = state
+        self.scorer = scorer
+        self.hub = hub
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self.allocations: dict[int, dict[str, Any]] = {}
+
+    def machine_types(self) -> set[str]:
+        with self.state.lock:
+            return {t.type for t in self.state.twins() if t.type}
+
+    def healthy_machines(self) -> dict[str, int]:
+        """Per site: machines online and below the default risk limit."""
+        limit = self.default_max_risk()
+        counts: dict[str, int] = {}
+        with self.state.lock:
+            for t in self.state.twins():
+                if t.online and t.risk is not None and t.risk["probability"] <= limit:
+                    counts[t.site] = counts.get(t.site, 0) + 1
+        return counts
+
+    def default_max_risk(self) -> float:
+        model = self.scorer.models.get("default")
+        return model.threshold if model is not None else 0.5
+
+    def _fleet(self, load: dict[str, float] | None = None) -> list[Machine]:
+        load = load or {}
+        with self.state.lock:
+            return [
+                Machine(
+                    t.machine,
+                    t.site,
+                    t.type,
+                    t.online,
+                    None if t.risk is None else float(t.risk["probability"]),
+                    dict(t.risk["contributions"]) if t.risk else {},
+                    load.get(t.machine, 0.0),
+                )
+                for t in self.state.twins()
+            ]
+
+    def allocate(
+        self, tasks: list[Task], horizon_min: float, max_risk: float | None
+    ) -> dict[str, Any]:
+        limit = self.default_max_risk() if max_risk is None else max_risk
+        result = allocate(tasks, self._fleet(), horizon_min, limit)
+        with self._lock:
+            allocation_id = next(self._ids)
+            record = {
+                "id": allocation_id,
+                "created_at": int(time.time() * 1000),
+                "horizon_min": horizon_min,
+                "max_risk": limit,
+                "tasks": {t.id: t for t in tasks},
+                "affected": [],
+                "replans": 0,
+                **_as_dict(result),
+            }
+            self.allocations[allocation_id] = record
+        return self.public(record)
+
+    def get(self, allocation_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            record = self.allocations.get(allocation_id)
+            return None if record is None else self.public(record)
+
+    @staticmethod
+    def public(record: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in record.items() if k != "tasks"}
+
+    def on_alert(self, alert: Alert) -> None:
+        """A risk or offline alert on a machine with assigned work marks its allocations."""
+        if alert.state != "active" or alert.kind not in ("risk", "offline"):
+            return
+        with self._lock:
+            for record in self.allocations.values():
+                uses = any(a["machine"] == alert.machine for a in record["assignments"])
+                if uses and alert.machine not in {x["machine"] for x in record["affected"]}:
+                    record["affected"].append(
+                        {
+                            "machine": alert.machine,
+                            "alert": alert.id,
+                            "rule": alert.rule,
+                            "at": alert.updated_at,
+                        }
+                    )
+                    self.hub.publish("allocation", alert.site, alert.machine, self.public(record))
+
+    def replan(self, allocation_id: int) -> dict[str, Any] | None:
+        """Move the tasks of affected machines; keep every other assignment."""
+        with self._lock:
+            record = self.allocations.get(allocation_id)
+            if record is None:
+                return None
+            affected = {x["machine"] for x in record["affected"]}
+            keep = [a for a in record["assignments"] if a["machine"] not in affected]
+            moving = [
+                record["tasks"][a["task"]]
+                for a in record["assignments"]
+                if a["machine"] in affected
+            ]
+            load: dict[str, float] = {}
+            for a in keep:
+                load[a["machine"]] = max(load.get(a["machine"], 0.0), a["end_min"])
+        fleet = [m for m in self._fleet(load) if m.machine not in affected]
+        moved = allocate(moving, fleet, record["horizon_min"], record["max_risk"])
+        with self._lock:
+            was = {a["task"]: a["machine"] for a in record["assignments"]}
+            record["assignments"] = sorted(
+                keep + moved.assignments, key=lambda a: (a["machine"], a["start_min"])
+            )
+            record["unassigned"] = record["unassigned"] + moved.unassigned
+            record["moves"] = [
+                {"task": a["task"], "from": was[a["task"]], "to": a["machine"]}
+                for a in moved.assignments
+            ]
+            record["affected"] = []
+            record["replans"] += 1
+            record["replan_objective"] = moved.objective
+            record["solver"] = moved.solver
+            return self.public(record)
+
+
+def _as_dict(result: Allocation) -> dict[str, Any]:
+    return {
+        "assignments": result.assignments,
+        "unassigned": result.unassigned,
+        "excluded": result.excluded,
+        "objective": result.objective,
+        "solver": result.solver,
+    }
