@@ -39,6 +39,7 @@ bench: $(BIN)/.installed services
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.sink
 	$(BIN)/python -m bench.model
+	$(BIN)/python -m bench.allocation
 
 clean:
 	rm -rf $(VENV) twin-data .pytest_cache .ruff_cache

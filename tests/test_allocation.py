@@ -81,7 +81,7 @@ def test_large_instances_use_the_greedy_heuristic_and_say_so() -> None:
     tasks = [Task(f"t{i}", 10 + i % 30, due_min=100 + i) for i in range(500)]
     result = allocate(tasks, machines, horizon_min=480, max_risk=0.5)
     assert result.solver["name"] == "greedy"
-    assert result.solver["pairs"] > 20_000
+    assert result.solver["pairs"] > 2_000
     assert result.objective["assigned"] == 500
 
 
