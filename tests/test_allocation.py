@@ -263,3 +263,37 @@ def test_plans_api_returns_the_optimum_and_derives_capacity_from_healthy_machine
         headers=TOKEN,
     )
     assert bad.status_code == 422
+
+
+def test_a_risk_alert_on_a_machine_with_work_marks_its_allocation_and_replan_moves_it(
+    client: tuple[Twin, TestClient],
+) -> None:
+    twin, api = client
+    machine(twin, "a", "L")
+    machine(twin, "b", "L")
+    wait_until(lambda: all(t.risk for t in twin.state.twins()), 10, "scoring")
+    body = {"tasks": [{"id": "j1", "duration_min": 60}]}
+    allocation = api.post("/allocations", json=body, headers=TOKEN).json()
+    holder = allocation["assignments"][0]["machine"]
+    # The holder drifts into failure conditions: its risk alert marks the allocation.
+    send(
+        twin,
+        f"factory/s1/{holder}/telemetry",
+        {
+            "seq": 2,
+            "values": {
+                **SIGNALS,
+                "torque_nm": 75,
+                "rotational_speed_rpm": 1300,
+                "tool_wear_min": 230,
+            },
+        },
+    )
+    wait_until(
+        lambda: api.get(f"/allocations/{allocation['id']}").json()["affected"], 10, "affected"
+    )
+    affected = api.get(f"/allocations/{allocation['id']}").json()["affected"]
+    assert affected[0]["machine"] == holder
+    assert affected[0]["rule"] == "failure_risk"
+    moved = api.post(f"/allocations/{allocation['id']}/replan", headers=TOKEN).json()["moves"]
+    assert moved == [{"task": "j1", "from": holder, "to": "b" if holder == "a" else "a"}]
