@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -14,6 +15,7 @@ from twin.config import Settings
 from twin.model import BUNDLED_CSV, Registry, fit, read_ai4i_csv
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+S = TypeVar("S", Mosquitto, InfluxDB1, VictoriaMetrics)
 
 
 def _missing(exc: ServiceMissing) -> None:
@@ -23,37 +25,32 @@ def _missing(exc: ServiceMissing) -> None:
     pytest.skip(str(exc))
 
 
-@pytest.fixture
-def mosquitto() -> Iterator[Mosquitto]:
+def _running(make: Callable[[], S]) -> Iterator[S]:
+    """Start a service for one test and close it after; missing is a skip, or in CI a failure."""
     try:
-        broker = Mosquitto()
+        service = make()
     except ServiceMissing as exc:
         _missing(exc)
-    broker.start()
-    yield broker
-    broker.close()
+    service.start()
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[Mosquitto]:
+    yield from _running(Mosquitto)
 
 
 @pytest.fixture
 def influxdb(tmp_path: Path) -> Iterator[InfluxDB1]:
-    try:
-        server = InfluxDB1(tmp_path / "influxdb")
-    except ServiceMissing as exc:
-        _missing(exc)
-    server.start()
-    yield server
-    server.stop()
+    yield from _running(lambda: InfluxDB1(tmp_path / "influxdb"))
 
 
 @pytest.fixture
 def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
-    try:
-        server = VictoriaMetrics(tmp_path / "victoria")
-    except ServiceMissing as exc:
-        _missing(exc)
-    server.start()
-    yield server
-    server.stop()
+    yield from _running(lambda: VictoriaMetrics(tmp_path / "victoria"))
 
 
 @pytest.fixture(scope="session")

@@ -170,6 +170,10 @@ class _Server:
             log_text = (self.directory / f"{self.name}.log").read_text()
             raise RuntimeError(f"{self.name} did not start:\n{log_text}") from None
 
+    def close(self) -> None:
+        """Stop; the directory belongs to the test's tmp_path."""
+        self.stop()
+
     def stop(self) -> None:
         if self.process is None:
             return

@@ -259,3 +259,16 @@ def test_metrics_in_prometheus_format(twin: Twin, client: TestClient) -> None:
     assert "twin_journal_lag" in text
     assert "twin_scoring_seconds_total" in text
     assert 'twin_api_request_seconds_count{method="GET",route="/machines",status="200"} 1.0' in text
+
+
+def test_history_with_two_readings_at_the_same_time(twin: Twin, client: TestClient) -> None:
+    feed(
+        twin,
+        (
+            "factory/a/m1/telemetry",
+            [{"ts": NOW, "seq": 1, "values": {"x": 1}}, {"ts": NOW, "seq": 2, "values": {"x": 2}}],
+        ),
+    )
+    response = client.get("/machines/m1/history", params={"signal": "x"})
+    assert response.status_code == 200
+    assert [p["value"] for p in response.json()["series"]["x"]] == [1.0, 2.0]

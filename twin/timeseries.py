@@ -96,7 +96,7 @@ def _from_recent(
     every: int | None,
     limit: int,
 ) -> dict[str, list[dict[str, float]]]:
-    rows = sorted((ts, values) for ts, values in recent if start <= ts <= end)
+    rows = sorted(((ts, v) for ts, v in recent if start <= ts <= end), key=lambda row: row[0])
     out: dict[str, list[dict[str, float]]] = {}
     for name in names:
         points = [(ts, values[name]) for ts, values in rows if name in values]
