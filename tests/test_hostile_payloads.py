@@ -71,7 +71,10 @@ def test_reading_shaped_payloads(values: dict[str, object], ts: object, seq: obj
 
 
 def test_deep_nesting_and_duplicate_keys() -> None:
-    check("factory/s1/m1/telemetry", b"[" * 2000 + b"]" * 2000)  # deep, within the size limit
+    deep = decode(Topics(), "factory/s1/m1/telemetry", b"[" * 2000 + b"]" * 2000, NOW, LIMITS)
+    assert [(r.reason, r.detail) for r in deep.rejections] == [
+        ("not_json", "JSON nested too deeply")
+    ]
     check("factory/s1/m1/telemetry", b'{"values": {"x": 1, "x": "two"}}')
     check("factory/s1/m1/telemetry", b'{"values": {"x": 1}, "values": {"y": 2}}')
 

@@ -230,6 +230,9 @@ def decode(topics: Topics, topic: str, payload: bytes, received_ms: int, limits:
     except msgspec.DecodeError as exc:
         out.rejections.append(Rejection("not_json", f"not JSON: {exc}"))
         return out
+    except RecursionError:
+        out.rejections.append(Rejection("not_json", "JSON nested too deeply"))
+        return out
     if address.kind == "telemetry":
         _decode_telemetry(data, out, received_ms, limits)
     else:
@@ -250,7 +253,7 @@ def _decode_telemetry_fast(payload: bytes, out: Decoded, received_ms: int, limit
     """Decode an all-valid telemetry payload; False sends it to the precise path."""
     try:
         wire = _TELEMETRY.decode(payload)
-    except msgspec.DecodeError:  # also msgspec.ValidationError
+    except (msgspec.DecodeError, RecursionError):  # also msgspec.ValidationError
         return False
     items = wire if type(wire) is list else [wire]
     if len(items) > limits.max_batch:
