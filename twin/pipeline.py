@@ -127,6 +127,10 @@ class Pipeline:
                     self.failure = str(exc)
                     log.error("%s; ingest stopped, unacknowledged messages stay on the broker", exc)
                     return
+                except Exception as exc:  # a bug: stop loudly rather than ack what was not applied
+                    self.failure = f"unexpected {type(exc).__name__}: {exc}"
+                    log.exception("ingest stopped; unacknowledged messages stay on the broker")
+                    return
             if self._stopping.is_set() and self._inbox.empty():
                 return
             if time.monotonic() - self._last_snapshot >= self.snapshot_interval_s or (
