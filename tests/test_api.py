@@ -272,3 +272,52 @@ def test_history_with_two_readings_at_the_same_time(twin: Twin, client: TestClie
     response = client.get("/machines/m1/history", params={"signal": "x"})
     assert response.status_code == 200
     assert [p["value"] for p in response.json()["series"]["x"]] == [1.0, 2.0]
+
+
+def test_token_roles_and_closed_reads(settings: Settings) -> None:
+    secured = settings.model_copy(
+        update={"api_tokens": "r:read, o:operate, a:admin, all", "api_read_open": False}
+    )
+    bearer = lambda token: {"Authorization": f"Bearer {token}"}  # noqa: E731
+    with TestClient(create_app(secured)) as client:
+        assert client.get("/machines").status_code == 401
+        assert client.get("/health").status_code == 200  # liveness stays open
+        assert client.get("/machines", headers=bearer("r")).status_code == 200
+        assert client.get("/alerts", headers=bearer("o")).status_code == 200
+        denied = client.delete("/deadletters", headers=bearer("r"))
+        assert denied.status_code == 403
+        assert "lacks the 'operate' role" in denied.json()["detail"]
+        assert client.delete("/deadletters", headers=bearer("o")).status_code == 200
+        assert client.post("/model/train", json={}, headers=bearer("o")).status_code == 403
+        # admin passes the door; this fresh twin has no history, so training itself says no
+        assert client.post("/model/train", json={}, headers=bearer("a")).status_code == 422
+        assert client.delete("/deadletters", headers=bearer("all")).status_code == 200
+        assert client.get("/machines", headers=bearer("nope")).status_code == 403
+
+
+def test_an_unknown_role_is_a_settings_error(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="unknown role 'root'"):
+        Settings(api_tokens="x:root", data_dir=settings.data_dir)
+
+
+def test_oversized_request_bodies_are_413(settings: Settings) -> None:
+    small = settings.model_copy(update={"max_body_bytes": 2048})
+    with TestClient(create_app(small)) as client:
+        body = {"tasks": [{"id": f"t{i}", "duration_min": 5} for i in range(200)]}
+        response = client.post("/allocations", json=body)
+        assert response.status_code == 413
+        assert "over 2048 bytes" in response.json()["detail"]
+
+
+def test_cors_is_off_by_default_and_configurable(settings: Settings) -> None:
+    preflight = {
+        "Origin": "https://grafana.example",
+        "Access-Control-Request-Method": "GET",
+    }
+    with TestClient(create_app(settings)) as client:
+        response = client.options("/machines", headers=preflight)
+        assert "access-control-allow-origin" not in response.headers
+    allowed = settings.model_copy(update={"cors_origins": "https://grafana.example"})
+    with TestClient(create_app(allowed)) as client:
+        response = client.options("/machines", headers=preflight)
+        assert response.headers["access-control-allow-origin"] == "https://grafana.example"

@@ -9,6 +9,10 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+ROLES = ("read", "operate", "admin")
+# What each role may do: operate (ack alerts, allocations) includes read; admin (models) all.
+ROLE_GRANTS = {"read": ("read",), "operate": ("read", "operate"), "admin": ROLES}
+
 
 class BrokerAddress(BaseModel):
     """Where the MQTT broker is, parsed from ``TWIN_MQTT_URL``."""
@@ -64,7 +68,10 @@ class Settings(BaseSettings):
     sink_batch: int = Field(default=5000, ge=1, le=100_000)  # points per write at most
     sink_max_delay_ms: int = Field(default=1000, ge=10)  # how long points may wait for a batch
 
-    api_tokens: str = ""
+    api_tokens: str = ""  # "token" (every role) or "token:role", comma-separated
+    api_read_open: bool = True  # GETs without a token; false: they need one with the read role
+    cors_origins: str = ""  # comma-separated origins allowed by CORS; empty: CORS off
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("mqtt_url")
@@ -98,8 +105,24 @@ class Settings(BaseSettings):
         )
 
     @property
-    def tokens(self) -> frozenset[str]:
-        return frozenset(t.strip() for t in self.api_tokens.split(",") if t.strip())
+    def tokens(self) -> dict[str, frozenset[str]]:
+        """token -> roles, from `token:role` pairs; a bare token has every role."""
+        out: dict[str, frozenset[str]] = {}
+        for item in (t.strip() for t in self.api_tokens.split(",")):
+            if not item:
+                continue
+            token, _, role = item.partition(":")
+            out[token] = frozenset(ROLE_GRANTS[role]) if role else frozenset(ROLES)
+        return out
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _check_roles(cls, value: str) -> str:
+        for item in (t.strip() for t in value.split(",")):
+            role = item.partition(":")[2]
+            if role and role not in ROLES:
+                raise ValueError(f"unknown role {role!r}: use {', '.join(ROLES)}")
+        return value
 
     @property
     def journal_path(self) -> Path:

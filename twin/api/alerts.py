@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 
 from twin.alerts import Severity
-from twin.api.deps import TwinDep, WriteAccess
+from twin.api.deps import OperateAccess, TwinDep
 from twin.api.schemas import AckRequest, AlertPage, AlertPublic
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
@@ -48,7 +48,7 @@ def get_alert(twin: TwinDep, alert_id: int) -> dict[str, Any]:
 @router.post(
     "/{alert_id}/ack",
     response_model=AlertPublic,
-    dependencies=[WriteAccess],
+    dependencies=[OperateAccess],
     summary="Acknowledge an alert (independent of its active/cleared state)",
 )
 def acknowledge(twin: TwinDep, alert_id: int, body: AckRequest | None = None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 
 from twin.allocation import Demand, PlanError, Site, Task, plan
-from twin.api.deps import TwinDep, WriteAccess
+from twin.api.deps import OperateAccess, TwinDep
 from twin.api.schemas import AllocationPublic, AllocationRequest, PlanPublic, PlanRequest
 
 router = APIRouter(tags=["allocations"])
@@ -18,7 +18,7 @@ _422 = status.HTTP_422_UNPROCESSABLE_CONTENT
 @router.post(
     "/allocations",
     response_model=AllocationPublic,
-    dependencies=[WriteAccess],
+    dependencies=[OperateAccess],
     summary="Allocate tasks to healthy machines (optimised)",
 )
 def create_allocation(twin: TwinDep, request: AllocationRequest) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def get_allocation(twin: TwinDep, allocation_id: int) -> dict[str, Any]:
 @router.post(
     "/allocations/{allocation_id}/replan",
     response_model=AllocationPublic,
-    dependencies=[WriteAccess],
+    dependencies=[OperateAccess],
     summary="Move the tasks of machines now in alert",
 )
 def replan(twin: TwinDep, allocation_id: int) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def replan(twin: TwinDep, allocation_id: int) -> dict[str, Any]:
 @router.post(
     "/plans",
     response_model=PlanPublic,
-    dependencies=[WriteAccess],
+    dependencies=[OperateAccess],
     summary="Plan production across sites (linear programme)",
 )
 def create_plan(twin: TwinDep, request: PlanRequest) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from twin.api.deps import TwinDep, WriteAccess
+from twin.api.deps import OperateAccess, TwinDep
 from twin.api.schemas import Cleared, DeadLettersPublic
 from twin.messages import Reason
 
@@ -29,7 +29,7 @@ def list_deadletters(
 
 
 @router.delete(
-    "", response_model=Cleared, dependencies=[WriteAccess], summary="Empty the dead-letter list"
+    "", response_model=Cleared, dependencies=[OperateAccess], summary="Empty the dead-letter list"
 )
 def clear_deadletters(twin: TwinDep) -> dict[str, int]:
     """The counters by reason are kept; only the stored entries go."""

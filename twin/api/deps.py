@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -23,23 +24,35 @@ _bearer = HTTPBearer(
 )
 
 
-def require_token(
-    twin: TwinDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Writes need `Authorization: Bearer <token>` when tokens are configured."""
-    tokens = twin.settings.tokens
-    if not tokens:
-        return
-    if credentials is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "this endpoint needs 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    given = credentials.credentials.encode()
-    if not any(secrets.compare_digest(given, token.encode()) for token in tokens):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "the token is not valid")
+def _require(role: str) -> Callable[..., None]:
+    def check(
+        twin: TwinDep,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        """`Authorization: Bearer <token>` with `role` when tokens are configured."""
+        settings = twin.settings
+        tokens = settings.tokens
+        if not tokens or (role == "read" and settings.api_read_open):
+            return
+        if credentials is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "this endpoint needs 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        given = credentials.credentials.encode()
+        roles: frozenset[str] = frozenset()
+        for token, granted in tokens.items():  # every comparison runs, in constant time
+            if secrets.compare_digest(given, token.encode()):
+                roles = granted
+        if not roles:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "the token is not valid")
+        if role not in roles:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"the token lacks the {role!r} role")
+
+    return check
 
 
-WriteAccess = Depends(require_token)
+ReadAccess = Depends(_require("read"))
+OperateAccess = Depends(_require("operate"))
+AdminAccess = Depends(_require("admin"))

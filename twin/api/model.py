@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
 
-from twin.api.deps import TwinDep, WriteAccess
+from twin.api.deps import AdminAccess, TwinDep
 from twin.api.schemas import ModelsPublic, TrainingJobPublic, TrainRequest
 from twin.model.fleet import FleetTrainingError, parse_duration
 from twin.trainer import TrainerBusy
@@ -27,7 +27,7 @@ def list_models(twin: TwinDep) -> dict[str, Any]:
     "/train",
     response_model=TrainingJobPublic,
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[WriteAccess],
+    dependencies=[AdminAccess],
     summary="Train a model on the twin's own history, in the background",
     responses={409: {"description": "a job is running"}, 422: {"description": "cannot train"}},
 )

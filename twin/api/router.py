@@ -1,11 +1,13 @@
-"""Includes every resource router and the JSON error handler."""
+"""Includes every resource router, the access rules, the size limit and the JSON error handler."""
 
 from __future__ import annotations
 
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from twin.api import (
     alerts,
@@ -18,6 +20,7 @@ from twin.api import (
     model,
     stream,
 )
+from twin.api.deps import ReadAccess
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +30,67 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal error; see the twin's log"}, status_code=500)
 
 
+class BodyLimit:
+    """Answers 413 to a request body over `limit` bytes, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._too_large(send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._too_large(send)
+
+    async def _too_large(self, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body over {self.limit} bytes"}, status_code=413
+        )
+        await response({"type": "http"}, _nothing, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _nothing() -> Message:
+    return {"type": "http.disconnect"}
+
+
 def install(app: FastAPI) -> None:
+    settings = app.state.twin.settings
+    # Liveness, metrics and the dashboard's files stay open; every resource follows the rules.
     app.include_router(health.router)
     app.include_router(metrics.router)
     metrics.install_metrics(app)
-    app.include_router(machines.router)
     dashboard.install_dashboard(app)
-    app.include_router(alerts.router)
-    app.include_router(allocations.router)
-    app.include_router(stream.router)
-    app.include_router(model.router)
-    app.include_router(deadletters.router)
+    for resource in (machines, alerts, allocations, stream, model, deadletters):
+        app.include_router(resource.router, dependencies=[ReadAccess])
     app.add_exception_handler(Exception, _internal_error)
+    if settings.cors_origins:
+        origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
