@@ -16,7 +16,7 @@ import pytest
 
 from devices.fleet import Fleet, FleetOptions
 from tests.services import Mosquitto, free_port, wait_until
-from twin.config import BrokerAddress
+from twin.config import BrokerAddress, Settings
 from twin.topics import Topics
 
 
@@ -48,7 +48,7 @@ def test_unusable_data_dir_fails_start_up_clearly(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     result = run_twin("serve", env={"TWIN_DATA_DIR": str(blocker / "data")})
     assert result.returncode == 1
-    assert "cannot open the journal" in result.stderr
+    assert "cannot use the data directory" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -139,3 +139,59 @@ def test_sigterm_flushes_the_journal_and_exits_cleanly(serve: Serve) -> None:
     log = serve.log.read_text()
     assert "journal flushed" in log
     assert "stopped" in log
+
+
+def test_backup_of_a_live_twin_restores_its_state_and_restore_refuses_a_running_twin(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import msgspec
+
+    from twin.app import Twin
+    from twin.messages import RawMessage
+
+    twin = Twin(settings)
+    twin.start()
+    try:
+        for seq in range(5):
+            body = msgspec.json.encode({"seq": seq, "values": {"tool_wear_min": 210 + seq}})
+            twin.pipeline.submit(
+                RawMessage("factory/s1/m1/telemetry", body, 1_800_000_000_000), (0, 0, 0)
+            )
+        wait_until(lambda: twin.state.totals.received == 5, 10, "the readings")
+        wait_until(lambda: twin.alerts.query()[0] == 1, 10, "the tool wear alert")
+        env = {"TWIN_DATA_DIR": str(settings.data_dir)}
+        saved = run_twin("backup", str(tmp_path / "backup"), env=env)  # while it runs
+        assert saved.returncode == 0, saved.stderr
+        refused = run_twin("restore", str(tmp_path / "backup"), env=env)
+        assert refused.returncode == 1
+        assert "another twin is running" in refused.stderr
+    finally:
+        twin.stop()
+    fresh = tmp_path / "fresh"
+    restored = run_twin("restore", str(tmp_path / "backup"), env={"TWIN_DATA_DIR": str(fresh)})
+    assert restored.returncode == 0, restored.stderr
+    again = Twin(settings.model_copy(update={"data_dir": fresh}))
+    again.start()
+    try:
+        m1 = again.state.get("m1")
+        assert m1 is not None
+        assert m1["counters"]["received"] == 5
+        assert m1["values"]["tool_wear_min"]["value"] == 214
+        (alert,) = again.alerts.query()[1]
+        assert alert.rule == "tool_wear_high"
+        assert "default" in again.scorer.models
+    finally:
+        again.stop()
+
+
+def test_two_twins_cannot_share_a_data_directory(settings: Settings) -> None:
+    from twin.app import Twin
+    from twin.errors import ConfigError
+
+    first = Twin(settings)
+    first.start()
+    try:
+        with pytest.raises(ConfigError, match="another twin is running"):
+            Twin(settings).start()
+    finally:
+        first.stop()

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from twin import sinks
 from twin.alerts import AlertManager, load_rules
+from twin.backup import DataDirLock
 from twin.config import Settings
 from twin.deadletters import DeadLetters
 from twin.forwarder import Forwarder
@@ -46,6 +47,7 @@ class Twin:
         )
         self.history = HistoryStore(settings.journal_path)
         self.deadletters = DeadLetters(settings.deadletter_max)
+        self.lock = DataDirLock(settings.data_dir)
         self.journal = Journal(
             settings.journal_path, settings.journal_max_rows, settings.journal_sync
         )
@@ -121,6 +123,7 @@ class Twin:
             return
         self.started_at = time.monotonic()
         self.alerts.rules = load_rules(self.settings.alert_rules)  # a bad file stops start-up
+        self.lock.acquire()  # one twin per data directory
         self.journal.open()
         self.alerts.open()
         self.history.open()
@@ -157,6 +160,7 @@ class Twin:
         self.history.close()
         self.alerts.close()
         self.journal.close()
+        self.lock.release()
         self.running = False
         log.info("stopped")
 

@@ -1,4 +1,4 @@
-"""The `twin` command: `serve`, `demo`, `train`."""
+"""The `twin` command: `serve`, `demo`, `train`, `backup`, `restore`."""
 
 from __future__ import annotations
 
@@ -148,6 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_argument("--seed", type=int, default=0, help="cross-validation seed (0)")
 
+    save = commands.add_parser(
+        "backup", help="copy TWIN_DATA_DIR's database (consistently, even while running) and models"
+    )
+    save.add_argument("path", type=Path, help="an empty or new directory")
+    load = commands.add_parser(
+        "restore", help="replace TWIN_DATA_DIR's database and models with a backup's"
+    )
+    load.add_argument("path", type=Path, help="a directory `twin backup` wrote")
+
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -158,6 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             _serve(settings, args.host, args.port)
+        elif args.command == "backup":
+            from twin.backup import backup
+
+            log.info("backed up %s to %s", settings.data_dir, backup(settings, args.path))
+        elif args.command == "restore":
+            from twin.backup import restore
+
+            restore(settings, args.path)
+            log.info("restored %s from %s", settings.data_dir, args.path)
         elif args.command == "train":
             _train(settings, args.csv, args.out, args.seed)
         elif args.command == "demo":

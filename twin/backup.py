@@ -1,0 +1,89 @@
+"""Backup and restore of a twin's data directory, and the lock that says a twin is using it.
+
+`backup` uses SQLite's online backup (a consistent copy while the twin runs and writes) of the
+journal file (journal, snapshot, history, alerts, sink cursors) and copies the model registry.
+`restore` refuses while a twin holds the data directory's lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import IO
+
+from twin.config import Settings
+from twin.errors import ConfigError
+
+LOCK_FILE = "twin.lock"
+
+
+class DataDirLock:
+    """An exclusive lock on the data directory, held while a twin runs on it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = self.path.open("a+")
+        except OSError as exc:
+            raise ConfigError(f"cannot use the data directory {self.path.parent}: {exc}") from exc
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise ConfigError(
+                f"another twin is running on {self.path.parent}; stop it first"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def backup(settings: Settings, target: Path) -> Path:
+    """Copy the data directory's database (online, consistent) and models into `target`."""
+    source = settings.journal_path
+    if not source.exists():
+        raise ConfigError(f"nothing to back up: {source} does not exist")
+    target.mkdir(parents=True, exist_ok=True)
+    copy = target / source.name
+    if copy.exists():
+        raise ConfigError(f"{copy} exists already; back up into an empty directory")
+    with closing(sqlite3.connect(source)) as live, closing(sqlite3.connect(copy)) as out:
+        live.backup(out)
+    if settings.models_dir.exists():
+        shutil.copytree(settings.models_dir, target / "models")
+    return target
+
+
+def restore(settings: Settings, source: Path) -> None:
+    """Replace the data directory's database and models with a backup's."""
+    database = source / settings.journal_path.name
+    if not database.exists():
+        raise ConfigError(f"{source} holds no backup ({database.name} is missing)")
+    lock = DataDirLock(settings.data_dir)
+    lock.acquire()  # refuses while a twin runs here
+    try:
+        target = settings.journal_path
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{target}{suffix}").unlink(missing_ok=True)
+        shutil.copy2(database, target)
+        if (source / "models").exists():
+            shutil.rmtree(settings.models_dir, ignore_errors=True)
+            shutil.copytree(source / "models", settings.models_dir)
+    finally:
+        lock.release()
