@@ -15,6 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from twin.config import BrokerAddress
+from twin.ingest import configure_tls
 from twin.messages import DeviceEvent, Reading, Status, encode
 from twin.topics import Topics
 
@@ -61,8 +62,7 @@ class DevicePublisher:
         )
         if self.broker.username is not None:
             client.username_pw_set(self.broker.username, self.broker.password)
-        if self.broker.tls:
-            client.tls_set()
+        configure_tls(client, self.broker)
         client.max_inflight_messages_set(self.max_inflight)
         client.will_set(
             self.topics.status(self.site, self.machine), self._status("offline"), qos=1, retain=True

@@ -60,12 +60,15 @@ class Mosquitto:
     `max_queued_messages 1000`, a subscriber that falls behind loses QoS 1 messages.
     """
 
-    def __init__(self, port: int | None = None, extra_config: str = "") -> None:
+    def __init__(
+        self, port: int | None = None, extra_config: str = "", anonymous: bool = True
+    ) -> None:
         # Its own directory in the system temp dir: started as root, Mosquitto drops to the
         # `mosquitto` user, who can neither enter pytest's root-only tmp_path nor write there.
         self.directory = Path(tempfile.mkdtemp(prefix="twin-mosquitto-"))
         self.port = port or free_port()
         self.extra_config = extra_config
+        self.anonymous = anonymous
         self.program = find_program("mosquitto")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -81,7 +84,7 @@ class Mosquitto:
         config = self.directory / "mosquitto.conf"
         config.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"allow_anonymous {'true' if self.anonymous else 'false'}\n"
             "persistence true\n"
             f"persistence_location {self.directory}/\n"
             "max_queued_messages 1000000\n"

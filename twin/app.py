@@ -124,19 +124,24 @@ class Twin:
         self.started_at = time.monotonic()
         self.alerts.rules = load_rules(self.settings.alert_rules)  # a bad file stops start-up
         self.lock.acquire()  # one twin per data directory
-        self.journal.open()
-        self.alerts.open()
-        self.history.open()
-        self.scorer.models = self._load_models()
-        self.pipeline.start()
-        self.scorer.flush()  # what the replay restored is scored before new messages arrive
-        for forwarder in self.forwarders:
-            forwarder.start()
-        # Start-up leaves ~120,000 long-lived objects (scikit-learn, scipy, the models) that every
-        # full collection would scan again; frozen, the collector skips them (measured: 0.25 us
-        # of GC per reading on the ingest path before, none after).
-        gc.freeze()
-        self.ingest.start()
+        try:
+            self.journal.open()
+            self.alerts.open()
+            self.history.open()
+            self.scorer.models = self._load_models()
+            self.pipeline.start()
+            self.scorer.flush()  # what the replay restored is scored before new messages arrive
+            for forwarder in self.forwarders:
+                forwarder.start()
+            # Start-up leaves ~120,000 long-lived objects (scikit-learn, scipy, the models) that
+            # every full collection would scan again; frozen, the collector skips them
+            # (measured: 0.25 us of GC per reading on the ingest path before, none after).
+            gc.freeze()
+            self.ingest.start()
+        except BaseException:
+            self.running = True  # so stop() undoes what did start
+            self.stop()
+            raise
         self.running = True
 
     def _load_models(self) -> dict[str, Predictor]:

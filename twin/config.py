@@ -15,13 +15,16 @@ ROLE_GRANTS = {"read": ("read",), "operate": ("read", "operate"), "admin": ROLES
 
 
 class BrokerAddress(BaseModel):
-    """Where the MQTT broker is, parsed from ``TWIN_MQTT_URL``."""
+    """Where the MQTT broker is and how to log in, from ``TWIN_MQTT_URL`` and the TLS files."""
 
     host: str
     port: int
     tls: bool
     username: str | None = None
     password: str | None = None
+    ca_file: Path | None = None  # None: the system's CAs
+    cert_file: Path | None = None  # client certificate, for mutual TLS
+    key_file: Path | None = None
 
 
 class Settings(BaseSettings):
@@ -31,6 +34,9 @@ class Settings(BaseSettings):
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_client_id: str = "factory-twin"
+    mqtt_ca_file: Path | None = None  # with mqtts://; hostnames are always verified
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
     # MQTT 5 is the contract; 3.1.1 (clean_session=False) exists for brokers without 5,
     # such as the embedded demo broker.
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
@@ -102,6 +108,9 @@ class Settings(BaseSettings):
             tls=tls,
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
+            ca_file=self.mqtt_ca_file,
+            cert_file=self.mqtt_cert_file,
+            key_file=self.mqtt_key_file,
         )
 
     @property

@@ -10,6 +10,7 @@ dropped is not sent on the new one (its message is redelivered and recognised as
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +22,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from twin.config import Settings
+from twin.config import BrokerAddress, Settings
+from twin.errors import BrokerError
 from twin.messages import RawMessage
 from twin.topics import Topics
 
@@ -64,8 +66,7 @@ class Ingest:
         broker = s.broker
         if broker.username is not None:
             client.username_pw_set(broker.username, broker.password)
-        if broker.tls:
-            client.tls_set()
+        configure_tls(client, broker)
         client.will_set(self.topics.twin_status, b"offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.on_connect = self._on_connect
@@ -90,7 +91,21 @@ class Ingest:
             broker.port,
             self.settings.mqtt_client_id,
         )
-        client.connect_async(broker.host, broker.port, keepalive=30, **kwargs)
+        if broker.tls:
+            # A TLS or login problem is a configuration error: fail start-up with it, rather
+            # than retry forever. An unreachable broker is retried like any other.
+            try:
+                client.connect(broker.host, broker.port, keepalive=30, **kwargs)
+            except ssl.SSLError as exc:
+                sock = client.socket()
+                if sock is not None:
+                    sock.close()
+                self._client = None
+                raise BrokerError(f"TLS with {broker.host}:{broker.port} failed: {exc}") from exc
+            except OSError:
+                client.connect_async(broker.host, broker.port, keepalive=30, **kwargs)
+        else:
+            client.connect_async(broker.host, broker.port, keepalive=30, **kwargs)
         client.loop_start()
 
     def stop(self) -> None:
@@ -167,3 +182,15 @@ class Ingest:
             topic = message._topic.decode("utf-8", errors="replace")
         raw = RawMessage(topic, message.payload, int(time.time() * 1000))
         self.submit(raw, (self._generation, message.mid, message.qos))
+
+
+def configure_tls(client: mqtt.Client, broker: BrokerAddress) -> None:
+    """TLS with the broker's CA (or the system's), verified hostnames, optional client cert."""
+    if not broker.tls:
+        return
+    client.tls_set(
+        ca_certs=str(broker.ca_file) if broker.ca_file else None,
+        certfile=str(broker.cert_file) if broker.cert_file else None,
+        keyfile=str(broker.key_file) if broker.key_file else None,
+        cert_reqs=ssl.CERT_REQUIRED,
+    )
