@@ -126,6 +126,13 @@ def connack(port: int, username: str | None = None, password: str | None = None)
     return result[0] if result else "no answer"
 
 
+def over_tls(settings: Settings, secured: tuple[Mosquitto, int, Path], ca: str) -> Settings:
+    """The twin's settings for the TLS listener, as user `twin`, trusting the CA file `ca`."""
+    _, tls_port, directory = secured
+    url = f"mqtts://twin:twin-secret@127.0.0.1:{tls_port}"
+    return settings.model_copy(update={"mqtt_url": url, "mqtt_ca_file": directory / ca})
+
+
 def test_devices_need_credentials(secured: tuple[Mosquitto, int, Path]) -> None:
     broker, _, _ = secured
     assert connack(broker.port) == "Not authorized"
@@ -136,13 +143,7 @@ def test_devices_need_credentials(secured: tuple[Mosquitto, int, Path]) -> None:
 def test_the_twin_connects_with_credentials_over_tls_with_hostname_checks(
     settings: Settings, secured: tuple[Mosquitto, int, Path]
 ) -> None:
-    _, tls_port, d = secured
-    config = settings.model_copy(
-        update={
-            "mqtt_url": f"mqtts://twin:twin-secret@127.0.0.1:{tls_port}",
-            "mqtt_ca_file": d / "ca.crt",
-        }
-    )
+    config = over_tls(settings, secured, "ca.crt")
     twin = Twin(config)
     with TestClient(create_app(config, twin)) as client:
         wait_until(lambda: twin.ingest.connected, 10, "the twin to connect over TLS")
@@ -156,13 +157,7 @@ def test_the_twin_connects_with_credentials_over_tls_with_hostname_checks(
 def test_a_wrong_ca_fails_start_up_with_a_clear_message(
     settings: Settings, secured: tuple[Mosquitto, int, Path]
 ) -> None:
-    _, tls_port, d = secured
-    config = settings.model_copy(
-        update={
-            "mqtt_url": f"mqtts://twin:twin-secret@127.0.0.1:{tls_port}",
-            "mqtt_ca_file": d / "other-ca.crt",
-        }
-    )
+    config = over_tls(settings, secured, "other-ca.crt")
     twin = Twin(config)
     with pytest.raises(
         BrokerError, match=r"TLS with 127\.0\.0\.1:\d+ failed: .*certificate verify failed"
