@@ -1,5 +1,6 @@
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -113,3 +114,46 @@ def test_ingest_logs_what_it_did_once_a_period(
         time.sleep(0.01)
     pipeline.stop()
     assert "3 messages, 1 readings applied, 1 duplicates, 1 rejected (not_object 1)" in caplog.text
+
+
+class _Fragile(FleetState):
+    """A state that fails on one machine, as a bug in apply would."""
+
+    def apply(self, decoded: Any, received_ms: int) -> Any:
+        if decoded.address is not None and decoded.address.machine == "boom":
+            raise ValueError("simulated bug")
+        return super().apply(decoded, received_ms)
+
+
+def test_a_message_that_raises_is_dead_lettered_and_ingest_and_replay_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def build() -> Pipeline:
+        journal = Journal(tmp_path / "j.sqlite3")
+        journal.open()
+        history = HistoryStore(tmp_path / "j.sqlite3")
+        history.open()
+        return Pipeline(
+            journal, history, _Fragile(), DeadLetters(), Topics(), Limits(), commit_ms=5
+        )
+
+    first = build()
+    first.snapshot_interval_s = 3600
+    first.start()
+    first.submit(telemetry(1, machine="boom"), None)
+    first.submit(telemetry(2), None)
+    drain(first, 2)
+    assert first.failure is None
+    assert first.state.get("m1") is not None
+    assert [d["reason"] for d in first.deadletters.query()] == ["internal_error"]
+    first._stopping.set()  # crash: no final snapshot, the restart replays both
+    first._inbox.put(None)
+    assert first._thread is not None
+    first._thread.join()
+    first.journal.close()
+    second = build()
+    second.start()
+    assert second.replayed == 2
+    assert second.state.get("m1") is not None
+    second.stop()
+    assert "could not be applied; dead-lettered" in caplog.text

@@ -53,6 +53,7 @@ Reason = Literal[
     "bad_seq",
     "bad_status",
     "bad_event",
+    "internal_error",
 ]
 REASONS: tuple[Reason, ...] = get_args(Reason)
 

@@ -23,7 +23,7 @@ from twin.deadletters import DeadLetters
 from twin.errors import JournalError
 from twin.history import HistoryStore
 from twin.journal import Journal
-from twin.messages import Limits, RawMessage, decode
+from twin.messages import Decoded, Limits, RawMessage, Rejection, decode
 from twin.state import FleetState, MachineTwin
 from twin.topics import Topics
 
@@ -214,8 +214,16 @@ class Pipeline:
         topics, limits, state, deadletters = self.topics, self.limits, self.state, self.deadletters
         changed = set()
         for raw in raws:
-            decoded = decode(topics, raw.topic, raw.payload, raw.received_ms, limits)
-            twin = state.apply(decoded, raw.received_ms)
+            try:
+                decoded = decode(topics, raw.topic, raw.payload, raw.received_ms, limits)
+                twin = state.apply(decoded, raw.received_ms)
+            except Exception as exc:
+                # A bug must cost one message, not ingest: and since replay applies the journal
+                # again, a message that raised would otherwise stop every restart too.
+                log.exception("a message on %s could not be applied; dead-lettered", raw.topic)
+                detail = f"{type(exc).__name__}: {exc}"
+                decoded = Decoded(None, rejections=[Rejection("internal_error", detail)])
+                twin = None
             if twin is not None:
                 changed.add(twin)
             if decoded.rejections:
