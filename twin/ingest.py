@@ -48,7 +48,6 @@ class Ingest:
         self.submit = submit
         self.connected = False
         self.connects = 0
-        self.received = 0
         self._generation = 0
         self._lock = threading.Lock()
         self._client: mqtt.Client | None = None
@@ -175,7 +174,6 @@ class Ingest:
         self.connected = False
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self.received += 1
         try:
             topic = message.topic
         except UnicodeDecodeError:

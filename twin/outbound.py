@@ -39,13 +39,11 @@ class Outbound:
         self.interval_s = interval_s
         self._sent: dict[str, float] = {}
         self._waiting: set[MachineTwin] = set()
-        self.published = 0
 
     def alert(self, alert: Alert) -> None:
         body = asdict(alert)
         self.publish(self.topics.alert(alert.site, alert.machine), msgspec.json.encode(body), False)
         self.hub.publish("alert", alert.site, alert.machine, body)
-        self.published += 1
 
     def twins(self, changed: Iterable[MachineTwin]) -> None:
         """Publish changed twins whose interval is up; keep the others for a later call."""
@@ -62,5 +60,4 @@ class Outbound:
             self.publish(self.topics.twin(site, machine), msgspec.json.encode(public), True)
             self.hub.publish("twin", site, machine, public)
             self._sent[machine] = now
-            self.published += 1
-        self._waiting.difference_update(due)
+            self._waiting.difference_update(due)

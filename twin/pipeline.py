@@ -202,7 +202,8 @@ class Pipeline:
         written = self._writer.submit(self.journal.append, raws)
         self._apply(raws)
         written.result()
-        self._writer.submit(self._write_history).result()
+        if self.state.history.pending:  # buckets close rarely: no round trip for most batches
+            self._writer.submit(self._write_history).result()
         self.committed += len(batch)
         self.last_commit_ms = int(time.time() * 1000)
         self.ack([token for _, token in batch])

@@ -66,6 +66,10 @@ class HistoryPolicy:
     closed: list[tuple[str, str, Bucket]] = field(default_factory=list)
     events: list[tuple[str, str, DeviceEvent]] = field(default_factory=list)
 
+    @property
+    def pending(self) -> bool:
+        return bool(self.closed or self.events)
+
     def drain(self) -> tuple[list[tuple[str, str, Bucket]], list[tuple[str, str, DeviceEvent]]]:
         closed, events = self.closed, self.events
         self.closed, self.events = [], []
