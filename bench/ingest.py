@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from devices.publisher import DevicePublisher
+from devices.publisher import DevicePublisher, NetworkLoop
 from tests.services import Mosquitto, free_port, wait_until
 from twin.config import BrokerAddress
 from twin.topics import Topics
@@ -61,8 +61,9 @@ def payloads(machines: int, readings: int, batch: int) -> dict[str, list[bytes]]
 
 def publish(port: int, messages: dict[str, list[bytes]]) -> float:
     broker = BrokerAddress(host="127.0.0.1", port=port, tls=False)
+    loop = NetworkLoop()
     devices = [
-        DevicePublisher(broker, Topics(), "bench", machine, "M", max_inflight=1000)
+        DevicePublisher(broker, Topics(), "bench", machine, "M", loop=loop, max_inflight=1000)
         for machine in messages
     ]
     for device in devices:
@@ -78,6 +79,7 @@ def publish(port: int, messages: dict[str, list[bytes]]) -> float:
     elapsed = time.perf_counter() - started
     for device in devices:
         device.stop()
+    loop.close()
     return elapsed
 
 

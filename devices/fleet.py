@@ -1,4 +1,4 @@
-"""A simulated fleet: machines stepping at a rate, each publishing through its own connection."""
+"""A simulated fleet: machines stepping at a rate, each with its own connection, on one loop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from devices.publisher import DevicePublisher
+from devices.publisher import DevicePublisher, NetworkLoop
 from devices.simulator import Machine, make_fleet
 from twin.config import BrokerAddress
 from twin.messages import DeviceEvent, Reading
@@ -33,8 +33,17 @@ class Fleet:
     def __init__(self, broker: BrokerAddress, topics: Topics, options: FleetOptions) -> None:
         self.options = options
         self.machines: list[Machine] = make_fleet(options.machines, options.seed)
+        self.loop = NetworkLoop()
         self.publishers = [
-            DevicePublisher(broker, topics, options.site, m.name, m.type, protocol=options.protocol)
+            DevicePublisher(
+                broker,
+                topics,
+                options.site,
+                m.name,
+                m.type,
+                loop=self.loop,
+                protocol=options.protocol,
+            )
             for m in self.machines
         ]
         self.readings = 0
@@ -43,11 +52,22 @@ class Fleet:
         self._thread: threading.Thread | None = None
 
     def start(self, connect_timeout: float = 10.0) -> None:
+        """Connect every machine (waiting up to `connect_timeout` in all), then start stepping."""
         for publisher in self.publishers:
             publisher.start()
-        for publisher in self.publishers:
-            if not publisher.wait_connected(connect_timeout):
-                log.warning("%s: not connected yet; its readings are queued", publisher.machine)
+        deadline = time.monotonic() + connect_timeout
+        waiting = [
+            p
+            for p in self.publishers
+            if not p.wait_connected(max(0.0, deadline - time.monotonic()))
+        ]
+        if waiting:
+            log.warning(
+                "%d of %d machines not connected yet (first: %s); their readings are queued",
+                len(waiting),
+                len(self.publishers),
+                waiting[0].machine,
+            )
         self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
         self._thread.start()
 
@@ -58,13 +78,18 @@ class Fleet:
             return not self._thread.is_alive()
         return True
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop stepping, let the broker acknowledge what was published, say offline, disconnect."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        deadline = time.monotonic() + timeout
         for publisher in self.publishers:
-            publisher.wait_delivered(5)
-            publisher.stop()
+            publisher.say_offline()
+        for publisher in self.publishers:
+            publisher.wait_delivered(max(0.0, deadline - time.monotonic()))
+            publisher.disconnect()
+        self.loop.close(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         opts = self.options

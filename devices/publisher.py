@@ -1,12 +1,22 @@
-"""One device's MQTT connection: birth and last will on `.../status`, readings and events at QoS 1.
+"""Device connections: birth and last will on `.../status`, readings and events at QoS 1.
 
-The only device module that imports paho. paho reconnects by itself and resends QoS 1 messages
-the broker had not acknowledged, so a broker restart delays readings but does not lose them.
+The only device module that imports paho. All of a fleet's connections run on one
+`NetworkLoop`: one thread and one selector driving paho's external-loop API
+(`loop_read`/`loop_write`/`loop_misc`), so 10,000 simulated machines need one thread, not
+10,000. The loop reconnects dropped connections with jittered backoff and paho resends the
+QoS 1 messages the broker had not acknowledged, so a broker restart delays readings but does
+not lose them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import logging
+import random
+import selectors
+import socket
+import threading
 import time
 from typing import Any
 
@@ -21,9 +31,208 @@ from twin.topics import Topics
 
 log = logging.getLogger(__name__)
 
+_RW = selectors.EVENT_READ | selectors.EVENT_WRITE
+
+
+class NetworkLoop:
+    """One thread serving many paho clients: connects, reads, writes, keepalives, reconnects.
+
+    paho calls `publish()` thread-safe in its own threaded mode; the same holds here: a publish
+    from another thread queues the packet inside paho and asks this loop (through
+    `on_socket_register_write`) to write it.
+    """
+
+    # paho connects blocking; a broker's accept backlog (Mosquitto: 100) that overflows drops
+    # SYNs, and each dropped one stalls this thread for a 1 s retransmit. So at most this many
+    # connections wait for their CONNACK at a time.
+    MAX_CONNECTING = 64
+    SWEEP_S = 1.0  # keepalive checks, backoff resets and stray writes, per client
+
+    def __init__(self, reconnect_min_s: float = 1.0, reconnect_max_s: float = 5.0) -> None:
+        self.reconnect_min_s = reconnect_min_s
+        self.reconnect_max_s = reconnect_max_s
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._lock = threading.Lock()
+        self._writes: set[mqtt.Client] = set()  # asked for from other threads
+        self._due: list[tuple[float, int, mqtt.Client]] = []  # (when, tiebreak, client) heap
+        self._backoff: dict[mqtt.Client, float] = {}  # attached clients; reconnected when lost
+        self._connecting: set[mqtt.Client] = set()  # socket open, no CONNACK yet
+        self._order = 0
+        self._random = random.Random()
+        self._failures = 0
+        self._last_failure = ""
+        self._failures_logged_at = 0.0
+        self._stopping = threading.Event()
+        self._deadline = float("inf")
+        self._thread = threading.Thread(target=self._run, name="device-network", daemon=True)
+        self._thread.start()
+
+    def attach(self, client: mqtt.Client) -> None:
+        """Connect `client` (after its `connect_async`) and keep it connected until detached."""
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        with self._lock:
+            self._backoff[client] = self.reconnect_min_s
+            self._schedule(client, 0.0)
+        self._wake()
+
+    def detach(self, client: mqtt.Client) -> None:
+        """Stop reconnecting `client`; its connection stays served until paho closes it."""
+        with self._lock:
+            self._backoff.pop(client, None)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop once every connection is closed (DISCONNECTs written), or after `timeout`."""
+        self._deadline = time.monotonic() + timeout
+        self._stopping.set()
+        self._wake()
+        self._thread.join()
+        for key in list(self._selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self._selector.close()
+        self._wake_w.close()
+
+    # paho's socket callbacks: open and close run on this loop's thread, register-write anywhere.
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._selector.register(sock, selectors.EVENT_READ, client)
+        self._connecting.add(client)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(sock)
+        self._connecting.discard(client)
+        with self._lock:
+            delay = self._backoff.get(client)
+            if delay is not None and not self._stopping.is_set():
+                self._schedule(client, delay)
+
+    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if threading.get_ident() == self._thread.ident:
+            self._set_interest(client)
+            return
+        with self._lock:
+            first = not self._writes
+            self._writes.add(client)
+        if first:
+            self._wake()
+
+    # internals
+
+    def _wake(self) -> None:
+        # BlockingIOError: a wake-up is already pending; OSError: the loop is closed.
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def _schedule(self, client: mqtt.Client, delay: float) -> None:
+        """Connect `client` after about `delay` seconds (jittered so a fleet spreads out)."""
+        if delay:
+            delay *= self._random.uniform(0.5, 1.5)
+        self._order += 1
+        heapq.heappush(self._due, (time.monotonic() + delay, self._order, client))
+
+    def _set_interest(self, client: mqtt.Client) -> None:
+        sock = client.socket()
+        if sock is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):  # closed meanwhile
+            self._selector.modify(
+                sock, _RW if client.want_write() else selectors.EVENT_READ, client
+            )
+
+    def _connect_due(self, now: float) -> None:
+        while len(self._connecting) < self.MAX_CONNECTING:
+            with self._lock:
+                if not self._due or self._due[0][0] > now:
+                    return
+                _, _, client = heapq.heappop(self._due)
+                delay = self._backoff.get(client)
+                if delay is None:
+                    continue  # detached meanwhile
+                self._backoff[client] = min(delay * 2, self.reconnect_max_s)
+            try:
+                client.reconnect()
+            except OSError as exc:  # refused, unreachable, TLS failure
+                self._failures += 1
+                self._last_failure = f"{type(exc).__name__}: {exc}"
+                with self._lock:
+                    if client in self._backoff:
+                        self._schedule(client, self._backoff[client])
+
+    def _sweep(self) -> None:
+        """Keepalive pings and timeouts; writes a cross-thread wake-up may have missed."""
+        for key in list(self._selector.get_map().values()):
+            client = key.data
+            if client is None:
+                continue
+            client.loop_misc()
+            if client.is_connected():
+                with self._lock:
+                    if client in self._backoff:
+                        self._backoff[client] = self.reconnect_min_s
+            self._set_interest(client)
+        now = time.monotonic()
+        if self._failures and now - self._failures_logged_at >= 5:
+            log.warning(
+                "%d device connection attempts failed (last: %s); retrying",
+                self._failures,
+                self._last_failure,
+            )
+            self._failures = 0
+            self._failures_logged_at = now
+
+    def _serve(self, client: mqtt.Client, mask: int) -> None:
+        if mask & selectors.EVENT_READ:
+            client.loop_read()
+            sock = client.socket()
+            # TLS may hold decrypted bytes the selector cannot see.
+            while sock is not None and getattr(sock, "pending", lambda: 0)():
+                client.loop_read()
+                sock = client.socket()
+        if mask & selectors.EVENT_WRITE:
+            client.loop_write()
+        if client in self._connecting and client.is_connected():
+            self._connecting.discard(client)
+        self._set_interest(client)
+
+    def _run(self) -> None:
+        next_sweep = time.monotonic() + self.SWEEP_S
+        while True:
+            now = time.monotonic()
+            if self._stopping.is_set():
+                if len(self._selector.get_map()) <= 1 or now >= self._deadline:
+                    return
+            else:
+                self._connect_due(now)
+            with self._lock:
+                next_due = self._due[0][0] if self._due else now + self.SWEEP_S
+            timeout = max(0.0, min(next_due, next_sweep) - now)
+            for key, mask in self._selector.select(min(timeout, 0.5)):
+                if key.data is None:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                else:
+                    self._serve(key.data, mask)
+            with self._lock:
+                writes, self._writes = self._writes, set()
+            for client in writes:
+                client.loop_write()
+                self._set_interest(client)
+            if time.monotonic() >= next_sweep:
+                self._sweep()
+                next_sweep = time.monotonic() + self.SWEEP_S
+
 
 class DevicePublisher:
-    """Publishes for one machine."""
+    """Publishes for one machine, over a connection served by `loop`."""
 
     def __init__(
         self,
@@ -33,9 +242,11 @@ class DevicePublisher:
         machine: str,
         machine_type: str,
         *,
+        loop: NetworkLoop,
         protocol: str = "5",
         max_inflight: int = 100,
     ) -> None:
+        self.loop = loop
         self.broker = broker
         self.topics = topics
         self.site = site
@@ -67,13 +278,12 @@ class DevicePublisher:
         client.will_set(
             self.topics.status(self.site, self.machine), self._status("offline"), qos=1, retain=True
         )
-        client.reconnect_delay_set(min_delay=1, max_delay=5)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         self._client = client  # before the loop starts: on_connect publishes through it
         client.connect_async(self.broker.host, self.broker.port, keepalive=30)
-        client.loop_start()
+        self.loop.attach(client)
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode, props: Any
@@ -121,21 +331,31 @@ class DevicePublisher:
     def wait_delivered(self, timeout: float) -> bool:
         """Wait until the broker acknowledged every QoS 1 message published so far."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.delivered >= self.published:
-                return True
+        while self.delivered < self.published and time.monotonic() < deadline:
             time.sleep(0.02)
-        return False
+        return self.delivered >= self.published
 
-    def stop(self) -> None:
-        """Say `offline` (retained) and disconnect."""
+    def say_offline(self) -> mqtt.MQTTMessageInfo | None:
+        """Publish `offline` (retained) before a clean disconnect; None when not connected."""
+        if not self.connected:
+            return None
+        return self._publish(
+            self.topics.status(self.site, self.machine), self._status("offline"), True
+        )
+
+    def disconnect(self) -> None:
+        """Stop reconnecting and close the connection (the loop writes the DISCONNECT)."""
         client = self._client
         if client is None:
             return
-        if self.connected:
-            status = self.topics.status(self.site, self.machine)
-            self._publish(status, self._status("offline"), True).wait_for_publish(2)
-            client.disconnect()
-        client.loop_stop()
+        self.loop.detach(client)
+        client.disconnect()
         self._client = None
         self.connected = False
+
+    def stop(self) -> None:
+        """Say `offline` and disconnect."""
+        info = self.say_offline()
+        if info is not None:
+            info.wait_for_publish(2)
+        self.disconnect()

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from devices.fleet import Fleet, FleetOptions
-from devices.publisher import DevicePublisher
+from devices.publisher import DevicePublisher, NetworkLoop
 from tests.services import Mosquitto, wait_until
 from twin.app import Twin, create_app
 from twin.config import Settings
@@ -81,7 +81,8 @@ def test_malformed_burst_is_counted_and_ingest_keeps_going(
     twin: tuple[Twin, TestClient],
 ) -> None:
     service, client = twin
-    device = DevicePublisher(service.settings.broker, service.topics, "s1", "m1", "L")
+    loop = NetworkLoop()
+    device = DevicePublisher(service.settings.broker, service.topics, "s1", "m1", "L", loop=loop)
     device.start()
     assert device.wait_connected(10)
     bad = [
@@ -102,6 +103,7 @@ def test_malformed_burst_is_counted_and_ingest_keeps_going(
         device.publish_raw(msgspec.json.encode({"seq": round_, "values": {"x": round_}}))
     assert device.wait_delivered(20)
     device.stop()
+    loop.close()
 
     def counters() -> dict[str, object]:
         body = client.get("/machines/m1")
