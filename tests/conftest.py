@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.services import InfluxDB1, Mosquitto, ServiceMissing, VictoriaMetrics
+from tests.services import InfluxDB1, Mosquitto, ServiceMissing, TwinProcess, VictoriaMetrics
 from twin.config import Settings
 from twin.model import BUNDLED_CSV, Registry, fit, read_ai4i_csv
 
@@ -79,3 +79,17 @@ def settings(data_dir: Path) -> Settings:
         journal_commit_ms=5,
         score_interval_ms=1,
     )
+
+
+@pytest.fixture
+def serve(mosquitto: Mosquitto, tmp_path: Path, data_dir: Path) -> Iterator[TwinProcess]:
+    """A `twin serve` process on `mosquitto`, snapshotting every second, logging to a file."""
+    env = {
+        "TWIN_MQTT_URL": mosquitto.url,
+        "TWIN_DATA_DIR": str(data_dir),
+        "TWIN_SNAPSHOT_INTERVAL_S": "1",
+    }
+    twin = TwinProcess(env, tmp_path / "twin.log")
+    twin.start()
+    yield twin
+    twin.close()

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -248,3 +249,60 @@ def uvicorn_server(app: Any) -> Iterator[int]:
     finally:
         server.should_exit = True
         thread.join(20)
+
+
+class TwinProcess:
+    """A real `twin serve` process on a free port (its settings from `env`); `kill()` is kill -9."""
+
+    def __init__(self, env: dict[str, str], log: Path | None = None) -> None:
+        self.port = free_port()
+        self.env = env
+        self.log = log  # stdout and stderr go here; None: inherited
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start it and wait until it answers and is connected to its broker."""
+        command = [sys.executable, "-m", "twin", "serve", "--port", str(self.port)]
+        env = {**os.environ, **self.env}
+        if self.log is None:
+            self.process = subprocess.Popen(command, env=env)
+        else:
+            with self.log.open("ab") as out:
+                self.process = subprocess.Popen(command, env=env, stdout=out, stderr=out)
+        wait_until(self.ready, timeout, "twin serve to answer and connect")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def get(self, path: str, timeout: float = 5.0) -> Any:
+        url = f"http://127.0.0.1:{self.port}{path}"
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.load(response)
+
+    def ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"twin serve exited with {self.process.returncode}")
+        try:
+            return bool(self.get("/health")["broker_connected"])
+        except OSError:
+            return False
+
+    def received(self) -> int:
+        """Readings applied, summed over the machines' own counters."""
+        return sum(m["counters"]["received"] for m in self.get("/machines?limit=1000")["items"])
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.terminate()
+        return self.process.wait(60)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill()

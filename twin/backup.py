@@ -13,7 +13,6 @@ import shutil
 import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import IO
 
 from twin.config import Settings
 from twin.errors import ConfigError
@@ -26,32 +25,37 @@ class DataDirLock:
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / LOCK_FILE
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
 
     def acquire(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = self.path.open("a+")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise ConfigError(f"cannot use the data directory {self.path.parent}: {exc}") from exc
+            raise self._unusable(exc) from exc
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            handle.close()
+            os.close(fd)
             raise ConfigError(
                 f"another twin is running on {self.path.parent}; stop it first"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._file = handle
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as exc:  # a full disk
+            os.close(fd)
+            raise self._unusable(exc) from exc
+        self._fd = fd
+
+    def _unusable(self, exc: OSError) -> ConfigError:
+        return ConfigError(f"cannot use the data directory {self.path.parent}: {exc}")
 
     def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 def backup(settings: Settings, target: Path) -> Path:

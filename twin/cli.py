@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -184,10 +185,27 @@ def main(argv: list[str] | None = None) -> int:
             _demo(settings, args.machines, args.rate, args.port, args.mqtt_port)
     except TwinError as exc:
         log.error("%s", exc)
+        if hint := _data_dir_hint(settings.data_dir):
+            log.error("%s", hint)
         return 1
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _data_dir_hint(data_dir: Path) -> str | None:
+    """Why the data directory may be unusable, when its file system says so (SQLite often
+    reports a full disk as a plain "disk I/O error")."""
+    existing = next((p for p in (data_dir, *data_dir.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return None
+    fs = os.statvfs(existing)
+    if fs.f_flag & os.ST_RDONLY:
+        return f"{existing} is on a read-only file system"
+    free = fs.f_bavail * fs.f_frsize
+    if free < 1 << 20:
+        return f"the file system of {existing} is full: {free // 1024} KiB free"
+    return None
 
 
 if __name__ == "__main__":
