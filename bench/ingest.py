@@ -16,14 +16,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from devices.publisher import DevicePublisher, NetworkLoop
-from tests.services import Mosquitto, free_port, wait_until
+from tests.services import Mosquitto, TwinProcess
 from twin.config import BrokerAddress
 from twin.topics import Topics
 
@@ -93,58 +92,38 @@ def bare(port: int, messages: dict[str, list[bytes]], batch: int) -> dict[str, f
     return {"seconds": result["seconds"], "readings": result["messages"] * batch}
 
 
-def _get(port: int, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-        return json.load(response)
-
-
-def _applied(port: int) -> int:
-    return int(_get(port, "/health")["readings"]["received"])
-
-
-def _scoring_seconds(port: int) -> float:
-    return float(_get(port, "/health")["scoring"]["seconds"])
-
-
 def twin(
     port: int, messages: dict[str, list[bytes]], expected: int, workdir: Path
 ) -> dict[str, float]:
-    api = free_port()
     env = {
-        **os.environ,
         "TWIN_MQTT_URL": f"mqtt://127.0.0.1:{port}",
         "TWIN_DATA_DIR": str(workdir / "data"),
         "TWIN_LOG_LEVEL": "WARNING",
     }
-    command = [sys.executable, "-m", "twin", "serve", "--port", str(api)]
-
-    def connected() -> bool:
-        try:
-            return bool(_get(api, "/health")["broker_connected"])
-        except OSError:
-            return False
-
-    first = subprocess.Popen(command, env=env)
-    wait_until(connected, 30, "the twin's first connection")  # creates its session
+    first = TwinProcess(env)
+    first.start()  # creates its session
     first.terminate()
-    first.wait(30)
     publish(port, messages)
-    process = subprocess.Popen(command, env=env)
+    process = TwinProcess(env)
     try:
-        wait_until(connected, 30, "the twin to connect")
-        t0, cpu0, score0 = time.perf_counter(), _cpu_seconds(process.pid), _scoring_seconds(api)
-        while _applied(api) < expected:
+        process.start()
+
+        def health() -> Any:
+            return process.get("/health")
+
+        t0, cpu0 = time.perf_counter(), _cpu_seconds(process.pid)
+        score0 = health()["scoring"]["seconds"]
+        while health()["readings"]["received"] < expected:
             time.sleep(0.1)
         seconds = time.perf_counter() - t0
         cpu = _cpu_seconds(process.pid) - cpu0
-        scoring = _scoring_seconds(api) - score0
+        scoring = health()["scoring"]["seconds"] - score0
         status = Path(f"/proc/{process.pid}/status").read_text()
         peak_kib = int(
             next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
         )
     finally:
         process.terminate()
-        process.wait(60)
     return {
         "seconds": seconds,
         "readings": expected,
