@@ -21,7 +21,8 @@ import sqlite3
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -244,10 +245,23 @@ class AlertManager:
 
     def evaluate(self, twins: Iterable[MachineTwin], now_ms: int | None = None) -> None:
         now = now_ms if now_ms is not None else int(time.time() * 1000)
-        with self.state.lock, self._lock:
+        with self.state.lock, self._lock, self._transaction():
             for twin in twins:
                 for rule in self.rules:
                     self._evaluate(rule, twin, now)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One commit for all the alert changes inside, not one (and one fsync) per alert."""
+        db = self._db
+        if db is None or db.in_transaction:
+            yield
+            return
+        db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            db.execute("COMMIT")
 
     def sweep(self, interval_s: float = 1.0) -> None:
         """Time-based rules (offline by inactivity, stale) and retention, at most every interval."""
@@ -389,7 +403,8 @@ class AlertManager:
             for alert_id in old:
                 del self._alerts[alert_id]
             if old and self._db is not None:
-                self._db.executemany("DELETE FROM alerts WHERE id = ?", [(i,) for i in old])
+                with self._transaction():
+                    self._db.executemany("DELETE FROM alerts WHERE id = ?", [(i,) for i in old])
 
     # -- reading and acknowledging (API threads) ---------------------------------------------
 

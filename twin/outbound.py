@@ -9,6 +9,8 @@ stream gets the same events at the same cadence.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -39,6 +41,8 @@ class Outbound:
         self.interval_s = interval_s
         self._sent: dict[str, float] = {}
         self._waiting: set[MachineTwin] = set()
+        self._due: list[tuple[float, int, MachineTwin]] = []  # heap of waiting twins by due time
+        self._order = itertools.count()
 
     def alert(self, alert: Alert) -> None:
         body = asdict(alert)
@@ -47,17 +51,21 @@ class Outbound:
 
     def twins(self, changed: Iterable[MachineTwin]) -> None:
         """Publish changed twins whose interval is up; keep the others for a later call."""
-        self._waiting.update(changed)
-        if not self._waiting:
-            return
+        for twin in changed:
+            if twin not in self._waiting:
+                self._waiting.add(twin)
+                when = self._sent.get(twin.machine, -self.interval_s) + self.interval_s
+                heapq.heappush(self._due, (when, next(self._order), twin))
         now = time.monotonic()
-        due = [t for t in self._waiting if now - self._sent.get(t.machine, 0.0) >= self.interval_s]
+        due = []
+        while self._due and self._due[0][0] <= now:
+            due.append(heapq.heappop(self._due)[2])
         if not due:
             return
         with self.state.lock:
             states = [(t.site, t.machine, t.public(self.state.window_ms)) for t in due]
+        self._waiting.difference_update(due)
         for site, machine, public in states:
             self.publish(self.topics.twin(site, machine), msgspec.json.encode(public), True)
             self.hub.publish("twin", site, machine, public)
             self._sent[machine] = now
-            self._waiting.difference_update(due)
