@@ -55,21 +55,27 @@ class Fleet:
         """Connect every machine (waiting up to `connect_timeout` in all), then start stepping."""
         for publisher in self.publishers:
             publisher.start()
+        total = len(self.publishers)
         deadline = time.monotonic() + connect_timeout
-        waiting = [
-            p
-            for p in self.publishers
-            if not p.wait_connected(max(0.0, deadline - time.monotonic()))
-        ]
-        if waiting:
+        reported = time.monotonic()
+        while (connected := self.connected) < total and time.monotonic() < deadline:
+            if time.monotonic() - reported >= 2:
+                log.info("%d of %d machines connected", connected, total)
+                reported = time.monotonic()
+            time.sleep(0.05)
+        if connected < total:
             log.warning(
-                "%d of %d machines not connected yet (first: %s); their readings are queued",
-                len(waiting),
-                len(self.publishers),
-                waiting[0].machine,
+                "%d of %d machines not connected yet; their readings are queued",
+                total - connected,
+                total,
             )
         self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
         self._thread.start()
+
+    @property
+    def connected(self) -> int:
+        """Machines whose connection is up."""
+        return sum(p.connected for p in self.publishers)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until a `count`-bounded run has published everything; True when done."""

@@ -1,0 +1,152 @@
+"""Connect storm: 10,000 simulated machines connect at once; how fast does `GET /health` answer?
+
+A real Mosquitto, `twin serve` and the simulator (`python -m devices`) run as three processes;
+this one polls the twin's `/health` every 20 ms (one request at a time, as a load balancer's
+health check would) before the storm, while the machines connect and send their first readings,
+and in the steady state after. It prints the latency percentiles per phase against the target
+(answers within a second throughout), how long until the twin had seen every machine, and the
+twin's peak memory. Run: `python -m bench.connect_storm [--machines N] [--steady S]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.services import Mosquitto, TwinProcess
+
+TARGET_S = 1.0
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+
+    return {
+        "n": len(ordered),
+        "p50_ms": at(0.5),
+        "p95_ms": at(0.95),
+        "p99_ms": at(0.99),
+        "max_ms": round(ordered[-1] * 1000, 1),
+    }
+
+
+def poll(twin: TwinProcess, until: Any) -> tuple[list[float], dict[str, Any]]:
+    """Time `/health` every 20 ms until `until(answer)` holds; the latencies and last answer."""
+    latencies: list[float] = []
+    while True:
+        started = time.perf_counter()
+        answer = twin.get("/health", timeout=30)
+        latencies.append(time.perf_counter() - started)
+        if until(answer):
+            return latencies, answer
+        time.sleep(0.02)
+
+
+def elapsed(seconds: float) -> Any:
+    """A `poll` condition: `seconds` have passed."""
+    end = time.monotonic() + seconds
+    return lambda _: time.monotonic() > end
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--machines", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=1.0, help="readings per machine per second")
+    parser.add_argument("--steady", type=float, default=20.0, help="seconds after the storm")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Mosquitto()
+        broker.start()
+        env = {
+            "TWIN_MQTT_URL": broker.url,
+            "TWIN_DATA_DIR": str(Path(tmp) / "data"),
+            "TWIN_LOG_LEVEL": "WARNING",
+        }
+        twin = TwinProcess(env)
+        devices: subprocess.Popen[bytes] | None = None
+        try:
+            twin.start(timeout=120)  # fits the default model on first start
+            before, _ = poll(twin, elapsed(3))
+            storm_started = time.monotonic()
+            devices = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "devices",
+                    "--machines",
+                    str(args.machines),
+                    "--rate",
+                    str(args.rate),
+                    "--mqtt-url",
+                    broker.url,
+                ],
+                env={**os.environ, **env},
+            )
+            storm, answer = poll(twin, lambda a: a["machines"] >= args.machines)
+            all_seen_s = time.monotonic() - storm_started
+            received, steady_started = answer["readings"]["received"], time.monotonic()
+            steady, answer = poll(twin, elapsed(args.steady))
+            applied_per_s = (answer["readings"]["received"] - received) / (
+                time.monotonic() - steady_started
+            )
+            status = Path(f"/proc/{twin.pid}/status").read_text()
+            peak_kib = int(
+                next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
+            )
+        finally:
+            if devices is not None:
+                devices.send_signal(signal.SIGTERM)
+                devices.wait(120)
+            twin.close()
+            broker.close()
+
+    phases = {
+        "before": percentiles(before),
+        "storm": percentiles(storm),
+        "steady": percentiles(steady),
+    }
+    worst = max(p["max_ms"] for p in phases.values()) / 1000
+    print(f"{args.machines} machines at {args.rate} Hz; GET /health latency per phase:")
+    print("phase      polls   p50 ms   p95 ms   p99 ms   max ms")
+    for name, p in phases.items():
+        print(
+            f"{name:<8} {p['n']:>7} {p['p50_ms']:>8} {p['p95_ms']:>8} {p['p99_ms']:>8} "
+            f"{p['max_ms']:>8}"
+        )
+    print(
+        f"every machine seen by the twin after {all_seen_s:.1f} s; twin peak RSS "
+        f"{peak_kib / 1024:.0f} MiB; in the steady phase the twin applied {applied_per_s:.0f} "
+        f"readings/s of the {args.machines * args.rate:.0f}/s the machines send"
+    )
+    print(f"worst answer {worst:.3f} s = {worst / TARGET_S:.2f} x the {TARGET_S:.0f} s target")
+    print(
+        json.dumps(
+            {
+                "machines": args.machines,
+                "rate_hz": args.rate,
+                "phases": phases,
+                "all_seen_s": round(all_seen_s, 1),
+                "steady_applied_per_s": round(applied_per_s),
+                "twin_readings": answer["readings"],
+                "twin_peak_rss_mib": peak_kib // 1024,
+                "worst_over_target": round(worst / TARGET_S, 3),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
