@@ -214,6 +214,7 @@ def test_allocation_api_respects_health_and_types_and_replans_on_alerts(
         {"tasks": [{"id": "a", "duration_min": 5, "machine_type": "Z"}]},
         {"tasks": [{"id": "a", "duration_min": 5}, {"id": "a", "duration_min": 6}]},
         {"tasks": [{"id": "a", "duration_min": 5}], "max_risk": 2},
+        {"tasks": [{"id": "a", "duration_min": 5}], "max_risk": False},  # not a number
     ],
 )
 def test_bad_allocation_requests_are_422(
@@ -263,6 +264,34 @@ def test_plans_api_returns_the_optimum_and_derives_capacity_from_healthy_machine
         headers=TOKEN,
     )
     assert bad.status_code == 422
+
+
+SITE = {"name": "A", "capacity": 10, "unit_cost": 5}
+DEMAND = {"id": "d1", "quantity": 20, "shortfall_cost": 20}
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"sites": [SITE, SITE], "demands": [DEMAND]}, "site names must be unique"),
+        ({"sites": [SITE], "demands": [DEMAND, DEMAND]}, "demand ids must be unique"),
+        (
+            {
+                "sites": [{**SITE, "name": f"s{i}"} for i in range(11)],
+                "demands": [{**DEMAND, "id": f"d{i}"} for i in range(10_000)],
+            },
+            "11 sites x 10000 demands = 110000 pairs; a plan takes at most 100000",
+        ),
+        ({"sites": [SITE], "demands": [DEMAND], "capacity_per_machine": False}, "number"),
+    ],
+)
+def test_bad_plan_requests_are_422_with_the_reason(
+    client: tuple[Twin, TestClient], body: dict[str, Any], reason: str
+) -> None:
+    _, api = client
+    response = api.post("/plans", json=body, headers=TOKEN)
+    assert response.status_code == 422
+    assert reason in str(response.json()["detail"])
 
 
 def test_a_risk_alert_on_a_machine_with_work_marks_its_allocation_and_replan_moves_it(

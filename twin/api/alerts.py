@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 
 from twin.alerts import Severity
-from twin.api.deps import OperateAccess, TwinDep
+from twin.api.deps import BODY_ERRORS, NOT_FOUND, OperateAccess, TwinDep
 from twin.api.schemas import AckRequest, AlertPage, AlertPublic
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
@@ -37,7 +37,7 @@ def list_alerts(
     return {"items": [asdict(a) for a in found], "total": total, "limit": limit, "offset": offset}
 
 
-@router.get("/{alert_id}", response_model=AlertPublic, summary="One alert")
+@router.get("/{alert_id}", response_model=AlertPublic, summary="One alert", responses=NOT_FOUND)
 def get_alert(twin: TwinDep, alert_id: int) -> dict[str, Any]:
     alert = twin.alerts.get(alert_id)
     if alert is None:
@@ -50,6 +50,7 @@ def get_alert(twin: TwinDep, alert_id: int) -> dict[str, Any]:
     response_model=AlertPublic,
     dependencies=[OperateAccess],
     summary="Acknowledge an alert (independent of its active/cleared state)",
+    responses={**NOT_FOUND, **BODY_ERRORS},
 )
 def acknowledge(twin: TwinDep, alert_id: int, body: AckRequest | None = None) -> dict[str, Any]:
     request = body or AckRequest()

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 
 from twin.allocation import Demand, PlanError, Site, Task, plan
-from twin.api.deps import OperateAccess, TwinDep
+from twin.api.deps import BODY_ERRORS, NOT_FOUND, OperateAccess, TwinDep
 from twin.api.schemas import AllocationPublic, AllocationRequest, PlanPublic, PlanRequest
 
 router = APIRouter(tags=["allocations"])
@@ -20,6 +20,7 @@ _422 = status.HTTP_422_UNPROCESSABLE_CONTENT
     response_model=AllocationPublic,
     dependencies=[OperateAccess],
     summary="Allocate tasks to healthy machines (optimised)",
+    responses=BODY_ERRORS,
 )
 def create_allocation(twin: TwinDep, request: AllocationRequest) -> dict[str, Any]:
     """Tasks that cannot fit come back in `unassigned` with a reason, never as an error."""
@@ -36,7 +37,10 @@ def create_allocation(twin: TwinDep, request: AllocationRequest) -> dict[str, An
 
 
 @router.get(
-    "/allocations/{allocation_id}", response_model=AllocationPublic, summary="One allocation"
+    "/allocations/{allocation_id}",
+    response_model=AllocationPublic,
+    summary="One allocation",
+    responses=NOT_FOUND,
 )
 def get_allocation(twin: TwinDep, allocation_id: int) -> dict[str, Any]:
     found = twin.planner.get(allocation_id)
@@ -50,6 +54,7 @@ def get_allocation(twin: TwinDep, allocation_id: int) -> dict[str, Any]:
     response_model=AllocationPublic,
     dependencies=[OperateAccess],
     summary="Move the tasks of machines now in alert",
+    responses=NOT_FOUND,
 )
 def replan(twin: TwinDep, allocation_id: int) -> dict[str, Any]:
     found = twin.planner.replan(allocation_id)
@@ -63,6 +68,7 @@ def replan(twin: TwinDep, allocation_id: int) -> dict[str, Any]:
     response_model=PlanPublic,
     dependencies=[OperateAccess],
     summary="Plan production across sites (linear programme)",
+    responses=BODY_ERRORS,
 )
 def create_plan(twin: TwinDep, request: PlanRequest) -> dict[str, Any]:
     site_names = {s.name for s in request.sites}

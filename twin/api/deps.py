@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from twin.api.schemas import Problem
 from twin.app import Twin
 
 
@@ -56,3 +57,21 @@ def _require(role: str) -> Callable[..., None]:
 ReadAccess = Depends(_require("read"))
 OperateAccess = Depends(_require("operate"))
 AdminAccess = Depends(_require("admin"))
+
+
+def problem(description: str) -> dict[str, Any]:
+    """An error response for the OpenAPI schema."""
+    return {"model": Problem, "description": description}
+
+
+# Documented on every resource route (reads can be closed too), on bodies and on lookups.
+ACCESS_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: problem("a bearer token is needed (TWIN_API_TOKENS is set)"),
+    403: problem("the token is not valid, or lacks the role"),
+    422: problem("bad parameters or body: a message, or FastAPI's list of errors"),
+}
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: problem("the body is not valid JSON"),
+    413: problem("the body is over TWIN_MAX_BODY_BYTES"),
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: problem("no such resource")}

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, status
 
 from twin import timeseries
-from twin.api.deps import TwinDep
+from twin.api.deps import NOT_FOUND, TwinDep, problem
 from twin.api.schemas import HistoryPublic, MachinePage, MachinePublic
 from twin.app import Twin
 from twin.sinks import SinkError
@@ -36,7 +36,9 @@ def list_machines(
     }
 
 
-@router.get("/{machine}", response_model=MachinePublic, summary="One machine's twin")
+@router.get(
+    "/{machine}", response_model=MachinePublic, summary="One machine's twin", responses=NOT_FOUND
+)
 def get_machine(twin: TwinDep, machine: str) -> dict[str, Any]:
     found = twin.state.get(machine)
     if found is None:
@@ -53,7 +55,7 @@ def _with_alerts(twin: Twin, machine: dict[str, Any]) -> dict[str, Any]:
     "/{machine}/history",
     response_model=HistoryPublic,
     summary="A machine's signals over time",
-    responses={404: {"description": "unknown machine"}, 422: {"description": "bad query"}},
+    responses={**NOT_FOUND, 503: problem("InfluxDB did not answer")},
 )
 def history(
     twin: TwinDep,

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
 
-from twin.api.deps import AdminAccess, TwinDep
+from twin.api.deps import BODY_ERRORS, AdminAccess, TwinDep, problem
 from twin.api.schemas import ModelsPublic, TrainingJobPublic, TrainRequest
 from twin.model.fleet import FleetTrainingError, parse_duration
 from twin.trainer import TrainerBusy
@@ -29,7 +29,7 @@ def list_models(twin: TwinDep) -> dict[str, Any]:
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[AdminAccess],
     summary="Train a model on the twin's own history, in the background",
-    responses={409: {"description": "a job is running"}, 422: {"description": "cannot train"}},
+    responses={409: problem("a job is running"), **BODY_ERRORS},
 )
 def train(twin: TwinDep, request: TrainRequest) -> dict[str, Any]:
     """Progress and the result (new metrics next to the active model's) show on `GET /model`."""

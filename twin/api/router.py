@@ -20,7 +20,7 @@ from twin.api import (
     model,
     stream,
 )
-from twin.api.deps import ReadAccess
+from twin.api.deps import ACCESS_ERRORS, ReadAccess
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def install(app: FastAPI) -> None:
     metrics.install_metrics(app)
     dashboard.install_dashboard(app)
     for resource in (machines, alerts, allocations, stream, model, deadletters):
-        app.include_router(resource.router, dependencies=[ReadAccess])
+        app.include_router(resource.router, dependencies=[ReadAccess], responses=ACCESS_ERRORS)
     app.add_exception_handler(Exception, _internal_error)
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]

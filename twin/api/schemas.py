@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from twin.model.fleet import parse_duration
+
+
+class RequestModel(BaseModel):
+    """What clients send: unknown fields and loose types (`false` for a number) are 422s."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Problem(BaseModel):
+    """Every error answer: a message, or (a 422 from request validation) FastAPI's error list."""
+
+    detail: str | list[dict[str, Any]]
 
 
 class SignalValue(BaseModel):
@@ -67,9 +79,7 @@ class AlertPage(BaseModel):
     offset: int
 
 
-class AckRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AckRequest(RequestModel):
     by: str | None = Field(default=None, max_length=200)
     comment: str | None = Field(default=None, max_length=2000)
 
@@ -170,14 +180,14 @@ class Cleared(BaseModel):
     cleared: int
 
 
-class TrainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TrainRequest(RequestModel):
     site: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="train a model for one site"
     )
     label_horizon: str = Field(
-        default="24h", description="a failure within this long after a sample labels it (s/m/h/d)"
+        default="24h",
+        pattern=r"^\s*\d+(\.\d+)?\s*[smhd]\s*$",
+        description="a failure within this long after a sample labels it (s/m/h/d)",
     )
     force: bool = Field(default=False, description="promote even if worse than the active model")
 
@@ -239,9 +249,7 @@ class HistoryPublic(BaseModel):
 _ID = r"^[A-Za-z0-9_.:-]{1,128}$"
 
 
-class TaskIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TaskIn(RequestModel):
     id: str = Field(pattern=_ID)
     duration_min: float = Field(gt=0, le=100_000)
     machine_type: str | None = Field(default=None, max_length=64)
@@ -250,9 +258,7 @@ class TaskIn(BaseModel):
     priority: float = Field(default=1.0, gt=0, le=1000)
 
 
-class AllocationRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AllocationRequest(RequestModel):
     tasks: list[TaskIn] = Field(min_length=1, max_length=100_000)
     horizon_min: float = Field(default=480, gt=0, le=1_000_000)
     max_risk: float | None = Field(
@@ -286,9 +292,7 @@ class AllocationPublic(BaseModel):
     replans: int
 
 
-class SiteIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SiteIn(RequestModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     capacity: float | None = Field(
         default=None, ge=0, description="default: healthy online machines x capacity_per_machine"
@@ -296,29 +300,44 @@ class SiteIn(BaseModel):
     unit_cost: float = Field(ge=0)
 
 
-class DemandIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DemandIn(RequestModel):
     id: str = Field(pattern=_ID)
     quantity: float = Field(ge=0)
     shortfall_cost: float = Field(ge=0)
 
 
-class TransportIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TransportIn(RequestModel):
     site: str
     demand: str
     cost: float = Field(ge=0)
 
 
-class PlanRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# Sites x demands: the linear programme's size, so that a plan answers within seconds
+# (100,000 pairs took 3 s here).
+MAX_PLAN_PAIRS = 100_000
 
+
+class PlanRequest(RequestModel):
     sites: list[SiteIn] = Field(min_length=1, max_length=1000)
     demands: list[DemandIn] = Field(min_length=1, max_length=10_000)
     transport: list[TransportIn] = Field(default_factory=list)
     capacity_per_machine: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> PlanRequest:
+        for what, names in (
+            ("site names", [s.name for s in self.sites]),
+            ("demand ids", [d.id for d in self.demands]),
+        ):
+            if len(set(names)) != len(names):
+                raise ValueError(f"{what} must be unique")
+        pairs = len(self.sites) * len(self.demands)
+        if pairs > MAX_PLAN_PAIRS:
+            raise ValueError(
+                f"{len(self.sites)} sites x {len(self.demands)} demands = {pairs} pairs; "
+                f"a plan takes at most {MAX_PLAN_PAIRS}"
+            )
+        return self
 
 
 class PlanPublic(BaseModel):
