@@ -172,6 +172,7 @@ class NetworkLoop:
                 continue
             client.loop_misc()
             if client.is_connected():
+                self._connecting.discard(client)
                 with self._lock:
                     if client in self._backoff:
                         self._backoff[client] = self.reconnect_min_s
@@ -211,6 +212,8 @@ class NetworkLoop:
                 self._connect_due(now)
             with self._lock:
                 next_due = self._due[0][0] if self._due else now + self.SWEEP_S
+            if len(self._connecting) >= self.MAX_CONNECTING:
+                next_due = next_sweep  # full: CONNACKs (I/O) free a slot, not the clock
             timeout = max(0.0, min(next_due, next_sweep) - now)
             for key, mask in self._selector.select(min(timeout, 0.5)):
                 if key.data is None:
