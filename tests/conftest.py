@@ -4,18 +4,47 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import msgspec
 import pytest
 
-from tests.services import InfluxDB1, Mosquitto, ServiceMissing, TwinProcess, VictoriaMetrics
+from tests.services import (
+    InfluxDB1,
+    Mosquitto,
+    ServiceMissing,
+    TwinProcess,
+    VictoriaMetrics,
+    wait_until,
+)
+from twin.app import Twin
 from twin.config import Settings
+from twin.messages import RawMessage
 from twin.model import BUNDLED_CSV, Registry, fit, read_ai4i_csv
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 S = TypeVar("S", Mosquitto, InfluxDB1, VictoriaMetrics)
+
+
+def feed_pipeline(
+    twin: Twin,
+    *messages: tuple[str, object],
+    received_ms: int | None = None,
+    wait: float | None = 10.0,
+) -> None:
+    """Hand (topic, body) messages to the twin's pipeline as ingest would, without a broker
+    (QoS 0: no ack due); bytes go as they are, anything else as JSON. Then wait up to `wait`
+    seconds until they are committed (None: do not wait)."""
+    now = received_ms if received_ms is not None else int(time.time() * 1000)
+    target = twin.pipeline.committed + len(messages)
+    for topic, body in messages:
+        payload = body if isinstance(body, bytes) else msgspec.json.encode(body)
+        twin.pipeline.submit(RawMessage(topic, payload, now), (0, 0, 0))
+    if wait is not None:
+        wait_until(lambda: twin.pipeline.committed >= target, wait, "the messages committed")
 
 
 def _missing(exc: ServiceMissing) -> None:

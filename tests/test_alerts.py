@@ -15,12 +15,13 @@ import pytest
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.conftest import feed_pipeline
 from tests.services import Mosquitto, wait_until
 from twin.alerts import AlertManager, Rule, load_rules
 from twin.app import Twin, create_app
 from twin.config import Settings
 from twin.errors import ConfigError
-from twin.messages import Decoded, RawMessage, Reading, Status
+from twin.messages import Decoded, Reading, Status
 from twin.state import FleetState
 from twin.topics import Address
 
@@ -199,13 +200,7 @@ def client(twin: Twin) -> Iterator[TestClient]:
 
 
 def feed(twin: Twin, *bodies: Any, machine: str = "m1") -> None:
-    target = twin.pipeline.committed + len(bodies)
-    for body in bodies:
-        raw = RawMessage(
-            f"factory/s1/{machine}/telemetry", msgspec.json.encode(body), int(time.time() * 1000)
-        )
-        twin.pipeline.submit(raw, (0, 0, 0))
-    wait_until(lambda: twin.pipeline.committed >= target, 10, "the batch")
+    feed_pipeline(twin, *((f"factory/s1/{machine}/telemetry", body) for body in bodies))
 
 
 def test_two_readings_a_millisecond_apart_raise_one_alert(twin: Twin, client: TestClient) -> None:

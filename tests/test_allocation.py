@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
-import msgspec
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from tests.conftest import feed_pipeline
 from tests.services import wait_until
 from twin.allocation import Demand, Machine, Site, Task, allocate, plan
 from twin.app import Twin, create_app
 from twin.config import Settings
-from twin.messages import RawMessage
 
 
 def test_plan_finds_the_known_optimum_with_shadow_prices() -> None:
@@ -154,16 +152,12 @@ def client(settings: Settings) -> Iterator[tuple[Twin, TestClient]]:
         yield twin, client
 
 
-def send(twin: Twin, topic: str, body: Any) -> None:
-    now = int(time.time() * 1000)
-    target = twin.pipeline.committed + 1
-    twin.pipeline.submit(RawMessage(topic, msgspec.json.encode(body), now), (0, 0, 0))
-    wait_until(lambda: twin.pipeline.committed >= target, 10, "the message")
-
-
 def machine(twin: Twin, name: str, kind: str, site: str = "s1", **values: float) -> None:
-    send(twin, f"factory/{site}/{name}/status", {"state": "online", "type": kind})
-    send(twin, f"factory/{site}/{name}/telemetry", {"seq": 1, "values": {**SIGNALS, **values}})
+    feed_pipeline(
+        twin,
+        (f"factory/{site}/{name}/status", {"state": "online", "type": kind}),
+        (f"factory/{site}/{name}/telemetry", {"seq": 1, "values": {**SIGNALS, **values}}),
+    )
 
 
 def test_allocation_api_respects_health_and_types_and_replans_on_alerts(
@@ -194,7 +188,7 @@ def test_allocation_api_respects_health_and_types_and_replans_on_alerts(
 
     # The machine holding j2 goes offline: the allocation is affected, and replanning moves j2.
     holder = placed["j2"]
-    send(twin, f"factory/s1/{holder}/status", {"state": "offline", "type": "?"})
+    feed_pipeline(twin, (f"factory/s1/{holder}/status", {"state": "offline", "type": "?"}))
     wait_until(
         lambda: api.get(f"/allocations/{allocation['id']}").json()["affected"], 10, "affected"
     )
@@ -305,18 +299,20 @@ def test_a_risk_alert_on_a_machine_with_work_marks_its_allocation_and_replan_mov
     allocation = api.post("/allocations", json=body, headers=TOKEN).json()
     holder = allocation["assignments"][0]["machine"]
     # The holder drifts into failure conditions: its risk alert marks the allocation.
-    send(
+    feed_pipeline(
         twin,
-        f"factory/s1/{holder}/telemetry",
-        {
-            "seq": 2,
-            "values": {
-                **SIGNALS,
-                "torque_nm": 75,
-                "rotational_speed_rpm": 1300,
-                "tool_wear_min": 230,
+        (
+            f"factory/s1/{holder}/telemetry",
+            {
+                "seq": 2,
+                "values": {
+                    **SIGNALS,
+                    "torque_nm": 75,
+                    "rotational_speed_rpm": 1300,
+                    "tool_wear_min": 230,
+                },
             },
-        },
+        ),
     )
     wait_until(
         lambda: api.get(f"/allocations/{allocation['id']}").json()["affected"], 10, "affected"

@@ -2,13 +2,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import msgspec
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.conftest import feed_pipeline
 from twin.app import Twin, create_app
 from twin.config import Settings
-from twin.messages import RawMessage
 
 NOW = int(time.time() * 1000)
 
@@ -25,13 +24,7 @@ def client(twin: Twin) -> Iterator[TestClient]:
 
 
 def feed(twin: Twin, *messages: tuple[str, object]) -> None:
-    target = twin.pipeline.committed + len(messages)
-    for topic, body in messages:
-        payload = body if isinstance(body, bytes) else msgspec.json.encode(body)
-        twin.pipeline.submit(RawMessage(topic, payload, NOW), (0, 0, 0))  # QoS 0: no ack due
-    deadline = time.monotonic() + 5
-    while twin.pipeline.committed < target and time.monotonic() < deadline:
-        time.sleep(0.005)
+    feed_pipeline(twin, *messages, received_ms=NOW)
 
 
 def test_machines_list_and_detail(twin: Twin, client: TestClient) -> None:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgspec
 import pytest
 
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, feed_pipeline
 from tests.services import ServiceMissing, find_program, uvicorn_server, wait_until
 from twin.app import Twin, create_app
 from twin.config import Settings
-from twin.messages import RawMessage
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +48,8 @@ def served(settings: Settings, tmp_path: Path) -> Iterator[tuple[Twin, int]]:
 
 
 def feed(twin: Twin, machine: str, value: float, seq: int) -> None:
-    body = msgspec.json.encode({"seq": seq, "values": {"t": value}})
-    raw = RawMessage(f"factory/s1/{machine}/telemetry", body, int(time.time() * 1000))
-    twin.pipeline.submit(raw, (0, 0, 0))
+    body = {"seq": seq, "values": {"t": value}}
+    feed_pipeline(twin, (f"factory/s1/{machine}/telemetry", body), wait=None)
 
 
 def test_a_new_alert_appears_without_a_reload_and_can_be_acknowledged(

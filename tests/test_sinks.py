@@ -5,15 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import msgspec
 import pytest
 from fastapi.testclient import TestClient
 
 from devices.fleet import Fleet, FleetOptions
+from tests.conftest import feed_pipeline
 from tests.services import InfluxDB1, Mosquitto, VictoriaMetrics, wait_until
 from twin.app import Twin, create_app
 from twin.config import Settings
-from twin.messages import RawMessage
 from twin.sinks.lineprotocol import tag, telemetry_lines
 
 pytestmark = pytest.mark.integration
@@ -21,10 +20,8 @@ T0 = int(time.time() * 1000) - 60_000
 
 
 def submit(twin: Twin, machine: str, *readings: dict[str, object], site: str = "s1") -> None:
-    payload = msgspec.json.encode(list(readings))
-    twin.pipeline.submit(
-        RawMessage(f"factory/{site}/{machine}/telemetry", payload, T0 + 60_000), (0, 0, 0)
-    )
+    topic = f"factory/{site}/{machine}/telemetry"
+    feed_pipeline(twin, (topic, list(readings)), received_ms=T0 + 60_000, wait=None)
 
 
 @pytest.fixture

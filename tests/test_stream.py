@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import http.client
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from tests.conftest import feed_pipeline
 from tests.services import uvicorn_server, wait_until
 from twin.app import Twin, create_app
 from twin.config import Settings
-from twin.messages import RawMessage
 from twin.stream import EventHub
 
 
@@ -30,10 +29,8 @@ def served(settings: Settings, tmp_path: Path) -> Iterator[tuple[Twin, int]]:
 
 
 def feed(twin: Twin, machine: str, value: float, seq: int) -> None:
-    body = msgspec.json.encode({"seq": seq, "values": {"t": value}})
-    twin.pipeline.submit(
-        RawMessage(f"factory/s1/{machine}/telemetry", body, int(time.time() * 1000)), (0, 0, 0)
-    )
+    body = {"seq": seq, "values": {"t": value}}
+    feed_pipeline(twin, (f"factory/s1/{machine}/telemetry", body), wait=None)
 
 
 def read_events(

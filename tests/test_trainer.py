@@ -11,9 +11,9 @@ import msgspec
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.conftest import feed_pipeline
 from twin.app import Twin, create_app
 from twin.config import Settings
-from twin.messages import RawMessage
 
 STEP_MS = 300_000  # one reading per history bucket
 TOKEN = {"Authorization": "Bearer t0k"}
@@ -73,14 +73,7 @@ def wear_history(machines: int, steps: int, seed: int) -> list[tuple[str, bytes]
 
 
 def feed(twin: Twin, messages: list[tuple[str, bytes]]) -> None:
-    target = twin.pipeline.committed + len(messages)
-    now = int(time.time() * 1000)
-    for topic, payload in messages:
-        twin.pipeline.submit(RawMessage(topic, payload, now), (0, 0, 0))
-    deadline = time.monotonic() + 60
-    while twin.pipeline.committed < target and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert twin.pipeline.committed == target
+    feed_pipeline(twin, *messages, wait=60)
 
 
 def job(client: TestClient) -> dict[str, Any]:
