@@ -18,9 +18,10 @@ from tests.services import (
     ServiceMissing,
     TwinProcess,
     VictoriaMetrics,
+    uvicorn_server,
     wait_until,
 )
-from twin.app import Twin
+from twin.app import Twin, create_app
 from twin.config import Settings
 from twin.messages import RawMessage
 from twin.model import BUNDLED_CSV, Registry, fit, read_ai4i_csv
@@ -122,3 +123,23 @@ def serve(mosquitto: Mosquitto, tmp_path: Path, data_dir: Path) -> Iterator[Twin
     twin.start()
     yield twin
     twin.close()
+
+
+@pytest.fixture
+def served(settings: Settings, tmp_path: Path) -> Iterator[tuple[Twin, int]]:
+    """A twin behind a real uvicorn (yields it and the port): one alert rule, `hot` (signal `t`
+    above 100), twin events on every change, writes with the token `op`."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nid = "hot"\nkind = "threshold"\nsignal = "t"\nabove = 100\n')
+    config = settings.model_copy(
+        update={"alert_rules": rules, "twin_publish_interval_s": 0, "api_tokens": "op"}
+    )
+    twin = Twin(config)
+    with uvicorn_server(create_app(config, twin)) as port:
+        yield twin, port
+
+
+def feed_t(twin: Twin, machine: str, value: float, seq: int) -> None:
+    """One reading of signal `t` (the `served` twin's alert rule) from `machine`, not awaited."""
+    body = {"seq": seq, "values": {"t": value}}
+    feed_pipeline(twin, (f"factory/s1/{machine}/telemetry", body), wait=None)

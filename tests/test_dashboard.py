@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, feed_pipeline
-from tests.services import ServiceMissing, find_program, uvicorn_server, wait_until
-from twin.app import Twin, create_app
-from twin.config import Settings
+from tests.conftest import IN_CI, feed_t
+from tests.services import ServiceMissing, find_program, wait_until
+from twin.app import Twin
 
 pytestmark = pytest.mark.integration
 
@@ -35,30 +33,13 @@ def chromium() -> str:
         pytest.skip(str(exc))
 
 
-@pytest.fixture
-def served(settings: Settings, tmp_path: Path) -> Iterator[tuple[Twin, int]]:
-    rules = tmp_path / "rules.toml"
-    rules.write_text('[[rule]]\nid = "hot"\nkind = "threshold"\nsignal = "t"\nabove = 100\n')
-    config = settings.model_copy(
-        update={"alert_rules": rules, "twin_publish_interval_s": 0, "api_tokens": "op"}
-    )
-    twin = Twin(config)
-    with uvicorn_server(create_app(config, twin)) as port:
-        yield twin, port
-
-
-def feed(twin: Twin, machine: str, value: float, seq: int) -> None:
-    body = {"seq": seq, "values": {"t": value}}
-    feed_pipeline(twin, (f"factory/s1/{machine}/telemetry", body), wait=None)
-
-
 def test_a_new_alert_appears_without_a_reload_and_can_be_acknowledged(
     served: tuple[Twin, int], chromium: str, tmp_path: Path
 ) -> None:
     from playwright.sync_api import sync_playwright
 
     twin, port = served
-    feed(twin, "press7", 20, 1)
+    feed_t(twin, "press7", 20, 1)
     wait_until(lambda: twin.state.get("press7") is not None, 10, "the first reading")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
@@ -70,7 +51,7 @@ def test_a_new_alert_appears_without_a_reload_and_can_be_acknowledged(
         navigations: list[str] = []
         page.on("framenavigated", lambda frame: navigations.append(frame.url))
 
-        feed(twin, "press7", 150, 2)  # raises the "hot" alert
+        feed_t(twin, "press7", 150, 2)  # raises the "hot" alert
         row = page.wait_for_selector("#alerts tr[data-alert-id]", timeout=10_000)
         assert row is not None
         assert "press7" in row.inner_text()

@@ -5,32 +5,13 @@ from __future__ import annotations
 import asyncio
 import http.client
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import msgspec
-import pytest
 
-from tests.conftest import feed_pipeline
-from tests.services import uvicorn_server, wait_until
-from twin.app import Twin, create_app
-from twin.config import Settings
+from tests.conftest import feed_t
+from tests.services import wait_until
+from twin.app import Twin
 from twin.stream import EventHub
-
-
-@pytest.fixture
-def served(settings: Settings, tmp_path: Path) -> Iterator[tuple[Twin, int]]:
-    rules = tmp_path / "rules.toml"
-    rules.write_text('[[rule]]\nid = "hot"\nkind = "threshold"\nsignal = "t"\nabove = 100\n')
-    config = settings.model_copy(update={"alert_rules": rules, "twin_publish_interval_s": 0})
-    twin = Twin(config)
-    with uvicorn_server(create_app(config, twin)) as port:
-        yield twin, port
-
-
-def feed(twin: Twin, machine: str, value: float, seq: int) -> None:
-    body = {"seq": seq, "values": {"t": value}}
-    feed_pipeline(twin, (f"factory/s1/{machine}/telemetry", body), wait=None)
 
 
 def read_events(
@@ -66,15 +47,15 @@ def test_stream_sends_twin_and_alert_events_and_resumes_after_last_event_id(
     reader = threading.Thread(target=lambda: got.append(read_events(port, 2, query="?machine=m1")))
     reader.start()
     wait_until(lambda: twin.hub.clients == 1, 10, "the client to connect")
-    feed(twin, "m2", 150, 1)  # filtered out
-    feed(twin, "m1", 150, 1)
+    feed_t(twin, "m2", 150, 1)  # filtered out
+    feed_t(twin, "m1", 150, 1)
     reader.join(15)
     (events,) = got
     kinds = sorted(e["event"] for e in events)
     assert kinds == ["alert", "twin"]
     assert all(msgspec.json.decode(e["data"])["machine"] == "m1" for e in events)
     first = min(int(e["id"]) for e in events)
-    feed(twin, "m1", 50, 2)  # clears the alert while nobody listens
+    feed_t(twin, "m1", 50, 2)  # clears the alert while nobody listens
     wait_until(lambda: twin.alerts.query(state="cleared")[0] == 1, 10, "the alert to clear")
     missed = read_events(port, 2, headers={"Last-Event-ID": str(first)}, query="?machine=m1")
     assert [int(e["id"]) for e in missed] == sorted(int(e["id"]) for e in missed)
