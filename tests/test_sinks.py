@@ -16,12 +16,18 @@ from twin.config import Settings
 from twin.sinks.lineprotocol import tag, telemetry_lines
 
 pytestmark = pytest.mark.integration
-T0 = int(time.time() * 1000) - 60_000
+
+
+@pytest.fixture
+def t0() -> int:
+    """A minute ago, taken when the test starts (the history queries look back 5 minutes, and
+    the suite can take longer than that to reach a test)."""
+    return int(time.time() * 1000) - 60_000
 
 
 def submit(twin: Twin, machine: str, *readings: dict[str, object], site: str = "s1") -> None:
     topic = f"factory/{site}/{machine}/telemetry"
-    feed_pipeline(twin, (topic, list(readings)), received_ms=T0 + 60_000, wait=None)
+    feed_pipeline(twin, (topic, list(readings)), wait=None)
 
 
 @pytest.fixture
@@ -34,21 +40,21 @@ def influx_twin(settings: Settings, influxdb: InfluxDB1) -> Iterator[tuple[Twin,
         yield twin, client
 
 
-def test_line_protocol_escapes_tags_and_keeps_event_time() -> None:
+def test_line_protocol_escapes_tags_and_keeps_event_time(t0: int) -> None:
     from twin.messages import Reading
 
-    lines = telemetry_lines("site a", "m=1,x", [Reading(T0, 1, {"torque_nm": 40, "x": 1.5})])
-    assert lines == [f"telemetry,machine=m\\=1\\,x,site=site\\ a torque_nm=40.0,x=1.5 {T0}"]
+    lines = telemetry_lines("site a", "m=1,x", [Reading(t0, 1, {"torque_nm": 40, "x": 1.5})])
+    assert lines == [f"telemetry,machine=m\\=1\\,x,site=site\\ a torque_nm=40.0,x=1.5 {t0}"]
     assert tag("plain") == "plain"
 
 
 def test_readings_land_as_points_with_tags_fields_and_event_time(
-    influx_twin: tuple[Twin, TestClient], influxdb: InfluxDB1
+    influx_twin: tuple[Twin, TestClient], influxdb: InfluxDB1, t0: int
 ) -> None:
     twin, client = influx_twin
-    submit(twin, "m1", {"ts": T0, "seq": 1, "values": {"torque_nm": 40.5, "tool_wear_min": 230}})
-    submit(twin, "m1", {"ts": T0 + 1000, "seq": 2, "values": {"torque_nm": 41.0}})
-    submit(twin, "m2", {"ts": T0 + 5, "seq": 1, "values": {"vibration_mm_s": 2.5}}, site="s2")
+    submit(twin, "m1", {"ts": t0, "seq": 1, "values": {"torque_nm": 40.5, "tool_wear_min": 230}})
+    submit(twin, "m1", {"ts": t0 + 1000, "seq": 2, "values": {"torque_nm": 41.0}})
+    submit(twin, "m2", {"ts": t0 + 5, "seq": 1, "values": {"vibration_mm_s": 2.5}}, site="s2")
     forwarder = twin.forwarders[0]
     wait_until(lambda: forwarder.lag == 0 and forwarder.written >= 3, 20, "the sink to catch up")
     series = influxdb.query("SELECT * FROM telemetry GROUP BY machine, site", db="twin")["results"][
@@ -60,8 +66,8 @@ def test_readings_land_as_points_with_tags_fields_and_event_time(
         dict(zip(by_machine["m1"]["columns"], v, strict=True)) for v in by_machine["m1"]["values"]
     ]
     assert [(r["time"], r["torque_nm"], r["tool_wear_min"]) for r in rows] == [
-        (T0, 40.5, 230.0),
-        (T0 + 1000, 41.0, None),
+        (t0, 40.5, 230.0),
+        (t0 + 1000, 41.0, None),
     ]
     assert by_machine["m2"]["tags"]["site"] == "s2"
     history = client.get(
@@ -69,8 +75,8 @@ def test_readings_land_as_points_with_tags_fields_and_event_time(
     ).json()
     assert history["source"] == "influxdb"
     assert history["series"]["torque_nm"] == [
-        {"ts": T0, "value": 40.5},
-        {"ts": T0 + 1000, "value": 41.0},
+        {"ts": t0, "value": 40.5},
+        {"ts": t0 + 1000, "value": 41.0},
     ]
     windows = client.get(
         "/machines/m1/history", params={"signal": "torque_nm", "start": "-5m", "every": "1m"}
@@ -137,7 +143,7 @@ def test_influxdb_outage_delays_history_and_loses_nothing(
 
 
 def test_influxdb2_write_path_lands_in_a_v2_compatible_server(
-    settings: Settings, victoria: VictoriaMetrics
+    settings: Settings, victoria: VictoriaMetrics, t0: int
 ) -> None:
     config = settings.model_copy(
         update={
@@ -150,8 +156,8 @@ def test_influxdb2_write_path_lands_in_a_v2_compatible_server(
     )
     twin = Twin(config)
     with TestClient(create_app(config, twin)):
-        submit(twin, "m1", {"ts": T0, "seq": 1, "values": {"torque_nm": 40.5}})
-        submit(twin, "m1", {"ts": T0 + 1000, "seq": 2, "values": {"torque_nm": 42.0}})
+        submit(twin, "m1", {"ts": t0, "seq": 1, "values": {"torque_nm": 40.5}})
+        submit(twin, "m1", {"ts": t0 + 1000, "seq": 2, "values": {"torque_nm": 42.0}})
         forwarder = twin.forwarders[0]
         assert forwarder.name == "influxdb2"
         wait_until(
@@ -162,4 +168,4 @@ def test_influxdb2_write_path_lands_in_a_v2_compatible_server(
         assert exported[0]["metric"]["machine"] == "m1"
         assert exported[0]["metric"]["site"] == "s1"
         assert exported[0]["values"] == [40.5, 42.0]
-        assert exported[0]["timestamps"] == [T0, T0 + 1000]
+        assert exported[0]["timestamps"] == [t0, t0 + 1000]
