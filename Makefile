@@ -31,6 +31,7 @@ services:
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: $(BIN)/.installed services lint
 	$(BIN)/pytest

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from devices.fleet import Fleet, FleetOptions
 from twin.config import Settings
@@ -19,7 +20,7 @@ def _segment(value: str) -> str:
     return value
 
 
-def _positive(kind: type[int] | type[float]):  # type: ignore[no-untyped-def]
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
     def parse(value: str) -> int | float:
         number = kind(value)
         if number <= 0:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     overrides = {"mqtt_url": args.mqtt_url} if args.mqtt_url else {}
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings = Settings(**overrides)
     options = FleetOptions(
         args.machines,
         args.rate,

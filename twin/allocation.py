@@ -62,7 +62,8 @@ class Allocation:
 def _excluded(
     machines: list[Machine], max_risk: float
 ) -> tuple[list[Machine], list[dict[str, Any]]]:
-    usable, excluded = [], []
+    usable: list[Machine] = []
+    excluded: list[dict[str, Any]] = []
     for m in machines:
         if m.online is not True:
             excluded.append(
@@ -180,7 +181,9 @@ def _milp(
         t = tasks[ti]
         c[k] = _costs(t, machines[mi]) - _UNASSIGNED * t.priority * t.duration_min
     c[n_pairs] = 1.0
-    rows, lower, upper = [], [], []
+    rows: list[np.ndarray] = []
+    lower: list[float] = []
+    upper: list[float] = []
 
     def row() -> np.ndarray:
         r = np.zeros(n)
@@ -209,7 +212,7 @@ def _milp(
         r[n_pairs] = -1
         lower.append(-np.inf)
         upper.append(-base)
-    integrality = np.zeros(n)
+    integrality = np.zeros(n, dtype=np.int8)
     integrality[:n_pairs] = 1
     bounds = Bounds(np.zeros(n), np.concatenate([np.ones(n_pairs), [np.inf]]))
     constraints = LinearConstraint(np.vstack(rows), lower, upper) if rows else ()
@@ -401,7 +404,8 @@ def plan(
     )
     eq_rows = np.concatenate([np.tile(np.arange(nd), ns), np.arange(nd)])
     a_eq = sparse.csr_array((np.ones(nq + nd), (eq_rows, np.arange(nq + nd))), shape=(nd, nq + nd))
-    result = linprog(
+    # scipy-stubs types A_ub/A_eq as dense arrays; HiGHS takes sparse ones (scipy documents it).
+    result = linprog(  # type: ignore[call-overload]
         c,
         A_ub=a_ub,
         b_ub=[s.capacity for s in sites],

@@ -114,7 +114,7 @@ class HistoryStore:
             ):
                 signals = {k: tuple(v) for k, v in msgspec.json.decode(blob).items()}
                 out.setdefault(machine, MachineHistory(msite)).buckets.append(
-                    Bucket(start, signals)  # type: ignore[arg-type]
+                    Bucket(start, signals)
                 )
             events: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
             for machine, ts, etype, code in db.execute(

@@ -79,7 +79,7 @@ class Ingest:
         broker = self.settings.broker
         kwargs: dict[str, Any] = {}
         if self.settings.mqtt_protocol == "5":
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: no hint
             props.SessionExpiryInterval = self.settings.mqtt_session_expiry_s
             props.ReceiveMaximum = _RECEIVE_MAXIMUM
             kwargs = {"clean_start": False, "properties": props}
@@ -178,7 +178,7 @@ class Ingest:
             topic = message.topic
         except UnicodeDecodeError:
             topic = message._topic.decode("utf-8", errors="replace")
-        raw = RawMessage(topic, message.payload, int(time.time() * 1000))
+        raw = RawMessage(topic, bytes(message.payload), int(time.time() * 1000))
         self.submit(raw, (self._generation, message.mid, message.qos))
 
 

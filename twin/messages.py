@@ -256,7 +256,7 @@ def _decode_telemetry_fast(payload: bytes, out: Decoded, received_ms: int, limit
         wire = _TELEMETRY.decode(payload)
     except (msgspec.DecodeError, RecursionError):  # also msgspec.ValidationError
         return False
-    items = wire if type(wire) is list else [wire]
+    items = wire if isinstance(wire, list) else [wire]
     if len(items) > limits.max_batch:
         return False
     latest = received_ms + limits.max_future_ms
@@ -302,6 +302,7 @@ def _decode_telemetry(data: Any, out: Decoded, received_ms: int, limits: Limits)
 def _decode_status_or_event(data: Any, out: Decoded, received_ms: int, limits: Limits) -> None:
     assert out.address is not None
     model: type[Status] | type[DeviceEvent]
+    reason: Reason
     model, reason = (
         (Status, "bad_status") if out.address.kind == "status" else (DeviceEvent, "bad_event")
     )
@@ -317,7 +318,7 @@ def _decode_status_or_event(data: Any, out: Decoded, received_ms: int, limits: L
         out.rejections.append(Rejection(exc.reason, exc.detail))
         return
     except ValidationError as exc:
-        out.rejections.append(Rejection(reason, _pydantic_detail(exc)))  # type: ignore[arg-type]
+        out.rejections.append(Rejection(reason, _pydantic_detail(exc)))
         return
     if isinstance(message, Status):
         out.status = message

@@ -392,7 +392,7 @@ class MachineTwin:
         twin._bucket_end = twin._bucket + history.bucket_ms if twin._bucket else 0
         twin._next_sample = twin._seen + 1
         twin.buckets.extend(
-            Bucket(start, {k: tuple(v) for k, v in signals.items()})  # type: ignore[misc]
+            Bucket(start, {k: tuple(v) for k, v in signals.items()})
             for start, signals in data["buckets"]
         )
         twin.errors.extend((ts, code) for ts, code in data["errors"])

@@ -116,9 +116,11 @@ def read_ai4i_csv(path: Path) -> Dataset:
 
 
 def _is_number(value: str | None) -> bool:
+    if value is None:
+        return False
     try:
-        float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        float(value)
+    except ValueError:
         return False
     return True
 
@@ -214,7 +216,8 @@ def fit_threshold(make: Any, X: np.ndarray, y: np.ndarray, seed: int = 0) -> flo
 
 def out_of_fold(pipeline: Pipeline, X: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
-    return cross_val_predict(pipeline, X, y, cv=folds, method="predict_proba")[:, 1]
+    predicted: np.ndarray = cross_val_predict(pipeline, X, y, cv=folds, method="predict_proba")
+    return predicted[:, 1]
 
 
 @dataclass
