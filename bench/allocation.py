@@ -16,7 +16,7 @@ import random
 import sys
 import time
 
-from twin.allocation import Machine, Task, _excluded, _schedule, allocate
+from twin.planning.allocation import Machine, Task, _excluded, _schedule, allocate
 
 MAX_RISK = 0.5
 HORIZON = 480.0

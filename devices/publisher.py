@@ -18,7 +18,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -93,7 +93,7 @@ class NetworkLoop:
         self._wake()
         self._thread.join()
         for key in list(self._selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
+            key.fileobj.close()  # type: ignore[union-attr]  # only sockets are registered
         self._selector.close()
         self._wake_w.close()
 
@@ -263,8 +263,8 @@ class DevicePublisher:
         self._client: mqtt.Client | None = None
         self._telemetry = topics.telemetry(site, machine)
 
-    def _status(self, state: str) -> bytes:
-        return encode(Status(state=state, ts=int(time.time() * 1000), type=self.machine_type))  # type: ignore[arg-type]
+    def _status(self, state: Literal["online", "offline"]) -> bytes:
+        return encode(Status(state=state, ts=int(time.time() * 1000), type=self.machine_type))
 
     def start(self) -> None:
         client = mqtt.Client(

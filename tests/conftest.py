@@ -21,10 +21,11 @@ from tests.services import (
     uvicorn_server,
     wait_until,
 )
-from twin.app import Twin, create_app
+from twin.app import create_app
 from twin.config import Settings
 from twin.messages import RawMessage
 from twin.model import BUNDLED_CSV, Registry, fit, read_ai4i_csv
+from twin.service import Twin
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 S = TypeVar("S", Mosquitto, InfluxDB1, VictoriaMetrics)
@@ -43,7 +44,7 @@ def feed_pipeline(
     target = twin.pipeline.committed + len(messages)
     for topic, body in messages:
         payload = body if isinstance(body, bytes) else msgspec.json.encode(body)
-        twin.pipeline.submit(RawMessage(topic, payload, now), (0, 0, 0))
+        twin.inbox.put(RawMessage(topic, payload, now), (0, 0, 0))
     if wait is not None:
         wait_until(lambda: twin.pipeline.committed >= target, wait, "the messages committed")
 

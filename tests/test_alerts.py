@@ -17,11 +17,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import feed_pipeline
 from tests.services import Mosquitto, wait_until
-from twin.alerts import AlertManager, Rule, load_rules
-from twin.app import Twin, create_app
+from twin.alerts import AlertManager, AlertStore, Rule, load_rules
+from twin.app import create_app
 from twin.config import Settings
 from twin.errors import ConfigError
 from twin.messages import Decoded, Reading, Status
+from twin.risk import Risk
+from twin.service import Twin
 from twin.state import FleetState
 from twin.topics import Address
 
@@ -30,8 +32,8 @@ T0 = 1_800_000_000_000
 
 def manager(tmp_path: Path, *rules: Rule) -> tuple[FleetState, AlertManager]:
     state = FleetState()
-    alerts = AlertManager(state, list(rules), tmp_path / "alerts.sqlite3", retention_s=3600)
-    alerts.open()
+    alerts = AlertManager(state, AlertStore(tmp_path / "alerts.sqlite3"), retention_s=3600)
+    alerts.open(rules)
     return state, alerts
 
 
@@ -100,7 +102,7 @@ def test_risk_alert_escalates_and_names_the_model(tmp_path: Path) -> None:
     twin = state.twin("m1")
     assert twin is not None
     for p in (0.2, 0.6, 0.95, 0.6, 0.1):
-        twin.risk = {"probability": p, "threshold": 0.5, "model_version": "v1"}
+        state.set_risks([(twin, Risk(p, "v1", 0.5, T0), None)])
         alerts.evaluate([twin], T0)
     (alert,) = alerts.query()[1]
     assert (alert.state, alert.severity, alert.model_version) == ("cleared", "critical", "v1")
@@ -140,8 +142,8 @@ def test_alerts_survive_a_restart_without_being_raised_again(tmp_path: Path) -> 
     reading(state, alerts, T0, t=101)
     alerts.acknowledge(1, "ana", "on it")
     alerts.close()
-    again = AlertManager(state, [rule], tmp_path / "alerts.sqlite3", retention_s=3600)
-    again.open()
+    again = AlertManager(state, AlertStore(tmp_path / "alerts.sqlite3"), retention_s=3600)
+    again.open([rule])
     reading(state, again, T0 + 1, t=102)
     (alert,) = again.query()[1]
     assert (alert.id, alert.state, alert.acknowledged_by) == (1, "active", "ana")
@@ -149,10 +151,8 @@ def test_alerts_survive_a_restart_without_being_raised_again(tmp_path: Path) -> 
 
 def test_cleared_alerts_are_kept_for_the_retention_then_dropped(tmp_path: Path) -> None:
     state = FleetState()
-    alerts = AlertManager(
-        state, [Rule(id="hot", kind="threshold", signal="t", above=100)], tmp_path / "a.db", 0.05
-    )
-    alerts.open()
+    alerts = AlertManager(state, AlertStore(tmp_path / "a.db"), 0.05)
+    alerts.open([Rule(id="hot", kind="threshold", signal="t", above=100)])
     now = int(time.time() * 1000)
     reading(state, alerts, now, t=101)
     reading(state, alerts, now + 1, t=99)
@@ -160,8 +160,8 @@ def test_cleared_alerts_are_kept_for_the_retention_then_dropped(tmp_path: Path) 
     assert alerts.query()[0] == 1  # cleared, still within the retention
     wait_until(lambda: (alerts.sweep(interval_s=0), alerts.query()[0])[1] == 0, 5, "expiry")
     alerts.close()
-    reopened = AlertManager(state, [], tmp_path / "a.db", 0.05)
-    reopened.open()
+    reopened = AlertManager(state, AlertStore(tmp_path / "a.db"), 0.05)
+    reopened.open([])
     assert reopened.query()[0] == 0
 
 

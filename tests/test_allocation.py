@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 from tests.conftest import feed_pipeline
 from tests.services import wait_until
-from twin.allocation import Demand, Machine, Site, Task, allocate, plan
-from twin.app import Twin, create_app
+from twin.app import create_app
 from twin.config import Settings
+from twin.planning import Demand, Machine, Site, Task, allocate, plan
+from twin.service import Twin
 
 
 def test_plan_finds_the_known_optimum_with_shadow_prices() -> None:

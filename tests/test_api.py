@@ -6,8 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import feed_pipeline
-from twin.app import Twin, create_app
+from twin.app import create_app
 from twin.config import Settings
+from twin.service import Twin
 
 NOW = int(time.time() * 1000)
 
@@ -150,8 +151,8 @@ def test_every_machine_with_the_canonical_signals_carries_risk(
     ok = scored(client, "ok")
     risk = ok["risk"]
     assert 0 <= risk["probability"] <= 1
-    assert risk["model_version"] == twin.scorer.models["default"].version
-    assert risk["threshold"] == twin.scorer.models["default"].threshold
+    assert risk["model_version"] == twin.scorer.models()["default"].version
+    assert risk["threshold"] == twin.scorer.models()["default"].threshold
     contributions = list(risk["contributions"].values())
     assert contributions == sorted(contributions, key=abs, reverse=True)
     partial = scored(client, "partial")

@@ -110,15 +110,15 @@ def test_backup_of_a_live_twin_restores_its_state_and_restore_refuses_a_running_
 ) -> None:
     import msgspec
 
-    from twin.app import Twin
     from twin.messages import RawMessage
+    from twin.service import Twin
 
     twin = Twin(settings)
     twin.start()
     try:
         for seq in range(5):
             body = msgspec.json.encode({"seq": seq, "values": {"tool_wear_min": 210 + seq}})
-            twin.pipeline.submit(
+            twin.inbox.put(
                 RawMessage("factory/s1/m1/telemetry", body, 1_800_000_000_000), (0, 0, 0)
             )
         wait_until(lambda: twin.state.totals.received == 5, 10, "the readings")
@@ -143,14 +143,14 @@ def test_backup_of_a_live_twin_restores_its_state_and_restore_refuses_a_running_
         assert m1["values"]["tool_wear_min"]["value"] == 214
         (alert,) = again.alerts.query()[1]
         assert alert.rule == "tool_wear_high"
-        assert "default" in again.scorer.models
+        assert "default" in again.scorer.models()
     finally:
         again.stop()
 
 
 def test_two_twins_cannot_share_a_data_directory(settings: Settings) -> None:
-    from twin.app import Twin
     from twin.errors import ConfigError
+    from twin.service import Twin
 
     first = Twin(settings)
     first.start()

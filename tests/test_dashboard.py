@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import IN_CI, feed_t
 from tests.services import ServiceMissing, find_program, wait_until
-from twin.app import Twin
+from twin.service import Twin
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,9 @@ from fastapi.testclient import TestClient
 from devices.fleet import Fleet, FleetOptions
 from devices.publisher import DevicePublisher, NetworkLoop
 from tests.services import Mosquitto, wait_until
-from twin.app import Twin, create_app
+from twin.app import create_app
 from twin.config import Settings
+from twin.service import Twin
 
 pytestmark = pytest.mark.integration
 

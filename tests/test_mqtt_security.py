@@ -16,9 +16,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import IN_CI
 from tests.services import Mosquitto, ServiceMissing, free_port, wait_until
-from twin.app import Twin, create_app
+from twin.app import create_app
 from twin.config import Settings
 from twin.errors import BrokerError
+from twin.service import Twin
 
 pytestmark = pytest.mark.integration
 

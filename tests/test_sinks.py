@@ -11,8 +11,9 @@ from fastapi.testclient import TestClient
 from devices.fleet import Fleet, FleetOptions
 from tests.conftest import feed_pipeline
 from tests.services import InfluxDB1, Mosquitto, VictoriaMetrics, wait_until
-from twin.app import Twin, create_app
+from twin.app import create_app
 from twin.config import Settings
+from twin.service import Twin
 from twin.sinks.lineprotocol import tag, telemetry_lines
 
 pytestmark = pytest.mark.integration

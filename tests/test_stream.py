@@ -10,7 +10,7 @@ import msgspec
 
 from tests.conftest import feed_t
 from tests.services import wait_until
-from twin.app import Twin
+from twin.service import Twin
 from twin.stream import EventHub
 
 

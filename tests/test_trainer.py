@@ -12,8 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import feed_pipeline
-from twin.app import Twin, create_app
+from twin.app import create_app
 from twin.config import Settings
+from twin.service import Twin
 
 STEP_MS = 300_000  # one reading per history bucket
 TOKEN = {"Authorization": "Bearer t0k"}

@@ -10,10 +10,10 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+from twin import database
 from twin.config import Settings
 from twin.errors import ConfigError
 
@@ -67,7 +67,7 @@ def backup(settings: Settings, target: Path) -> Path:
     copy = target / source.name
     if copy.exists():
         raise ConfigError(f"{copy} exists already; back up into an empty directory")
-    with closing(sqlite3.connect(source)) as live, closing(sqlite3.connect(copy)) as out:
+    with closing(database.connect(source)) as live, closing(database.connect(copy)) as out:
         live.backup(out)
     if settings.models_dir.exists():
         shutil.copytree(settings.models_dir, target / "models")

@@ -36,7 +36,8 @@ def _port(value: str) -> int:
 
 
 def _serve(settings: Settings, host: str, port: int) -> None:
-    from twin.app import Twin, create_app
+    from twin.app import create_app
+    from twin.service import Twin
 
     twin = Twin(settings)
     twin.start()  # before uvicorn, so a bad data dir is one clear line, not a lifespan traceback
@@ -52,8 +53,9 @@ def _serve(settings: Settings, host: str, port: int) -> None:
 
 def _demo(settings: Settings, machines: int, rate: float, port: int, mqtt_port: int) -> None:
     from devices.fleet import Fleet, FleetOptions
-    from twin.app import Twin, create_app
+    from twin.app import create_app
     from twin.broker import EmbeddedBroker
+    from twin.service import Twin
 
     broker = EmbeddedBroker("127.0.0.1", mqtt_port)
     broker.start()

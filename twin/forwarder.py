@@ -19,21 +19,24 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from twin import database
 from twin.alerts import Alert
 from twin.journal import read_after
 from twin.messages import Limits, decode
 from twin.sinks import Sink, SinkError
 from twin.sinks.lineprotocol import alert_line, pipeline_line, risk_line, telemetry_lines
+from twin.status import SinkStatus
 from twin.topics import Topics
+
+if TYPE_CHECKING:
+    from twin.risk import Risk
 
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF_S = 30.0
 
-# site, machine, model version, probability, threshold, ts
-RiskPoint = tuple[str, str, str, float, float, int]
 _PIPELINE_EVERY_S = 10.0  # how often the twin's own health goes to the sink
 
 
@@ -51,6 +54,7 @@ class Forwarder:
         *,
         batch: int = 5000,
         max_delay_s: float = 1.0,
+        retry_base_s: float = 0.25,
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -62,9 +66,10 @@ class Forwarder:
         self.limits = limits
         self.batch = batch
         self.max_delay_s = max_delay_s
+        self.retry_base_s = retry_base_s  # the first retry waits about twice this, then doubles
         # Not journalled, so not durable: fresh risk scores and alert changes wait here.
-        self.risk: deque[RiskPoint] = deque(maxlen=100_000)
-        self.alerts: deque[str] = deque(maxlen=100_000)
+        self._risks: deque[tuple[str, str, Risk]] = deque(maxlen=100_000)
+        self._alerts: deque[str] = deque(maxlen=100_000)
         self.cursor = 0
         self.written = 0
         self.retries = 0
@@ -85,10 +90,7 @@ class Forwarder:
         return max(self.head() - self.cursor, 0)
 
     def start(self) -> None:
-        db = self._db = sqlite3.connect(
-            self.journal_path, isolation_level=None, check_same_thread=False
-        )
-        db.execute("PRAGMA busy_timeout=10000")
+        db = self._db = database.connect(self.journal_path)
         db.execute("INSERT OR IGNORE INTO sink_cursors VALUES (?, 0)", (self.name,))
         (self.cursor,) = db.execute(
             "SELECT journal_id FROM sink_cursors WHERE name = ?", (self.name,)
@@ -111,9 +113,13 @@ class Forwarder:
             self._db.close()
             self._db = None
 
+    def risks(self, scored: list[tuple[str, str, Risk]]) -> None:
+        """Fresh scores, as points of the `risk` measurement (called on the journal thread)."""
+        self._risks.extend(scored)
+
     def alert(self, alert: Alert) -> None:
-        """An alert change, as a point of the `alert` measurement (called on the journal thread)."""
-        self.alerts.append(
+        """An alert change, as a point of the `alert` measurement."""
+        self._alerts.append(
             alert_line(
                 alert.site,
                 alert.machine,
@@ -127,16 +133,16 @@ class Forwarder:
             )
         )
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "cursor": self.cursor,
-            "lag": self.lag,
-            "written": self.written,
-            "retries": self.retries,
-            "dropped": self.dropped,
-            "last_error": self.last_error,
-        }
+    def status(self) -> SinkStatus:
+        return SinkStatus(
+            self.name,
+            self.cursor,
+            self.lag,
+            self.written,
+            self.retries,
+            self.dropped,
+            self.last_error,
+        )
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -189,10 +195,20 @@ class Forwarder:
             upto = row_id
             if len(lines) >= self.batch:
                 break
-        while self.risk and len(lines) < self.batch:
-            lines.append(risk_line(*self.risk.popleft()))
-        while self.alerts and len(lines) < self.batch:
-            lines.append(self.alerts.popleft())
+        while self._risks and len(lines) < self.batch:
+            site, machine, risk = self._risks.popleft()
+            lines.append(
+                risk_line(
+                    site,
+                    machine,
+                    risk.model_version,
+                    risk.probability,
+                    risk.threshold,
+                    risk.updated_at,
+                )
+            )
+        while self._alerts and len(lines) < self.batch:
+            lines.append(self._alerts.popleft())
         if time.monotonic() - self._last_pipeline >= _PIPELINE_EVERY_S:
             self._last_pipeline = time.monotonic()
             received, duplicates, rejected = self.counts()
@@ -215,7 +231,9 @@ class Forwarder:
                 if self.last_error is None:
                     log.warning("sink %s failing, retrying with backoff: %s", self.name, exc)
                 self.last_error = str(exc)
-                delay = min(_MAX_BACKOFF_S, 0.25 * 2**attempt) * (0.5 + random.random())
+                delay = min(_MAX_BACKOFF_S, self.retry_base_s * 2**attempt) * (
+                    0.5 + random.random()
+                )
                 if self._stop.wait(delay):
                     return False
                 continue

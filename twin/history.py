@@ -1,24 +1,196 @@
-"""The history store: closed reading buckets and device events, in the twin's SQLite file.
+"""History: readings aggregated into buckets of event time, and the store fleet models train on.
 
-This is what fleet models train on. Writes are idempotent (a bucket replaces its earlier copy,
-an event is stored once), so a journal replay that re-derives them changes nothing. Readings
-that arrive after their bucket closed count in the live state but not in the history buckets.
+Each machine's `LiveHistory` (owned by its twin, fed by the journal thread) aggregates in-order
+readings into buckets of `bucket_ms` of event time, sampling at most about `samples` readings a
+bucket; closed buckets within the longest feature window stay in memory for live fleet features,
+and go to the `HistoryOutbox` with every device event. The pipeline drains the outbox into the
+`HistoryStore` on its writer thread.
+
+Store writes are idempotent (a bucket replaces its earlier copy, an event is stored once), so a
+journal replay that re-derives them changes nothing. Readings that arrive after their bucket
+closed count in the live state but not in the history buckets.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from twin.errors import JournalError
+from twin import database
+from twin.errors import StorageError
 from twin.messages import DeviceEvent
-from twin.state import Bucket
+
+Signals = dict[str, tuple[float, float, float, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One machine's readings aggregated over `bucket_ms` of event time.
+
+    `signals` maps a signal to (n, sum, sum of squares, last value) of the readings sampled.
+    """
+
+    start: int
+    signals: Signals
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPolicy:
+    """How twins aggregate history."""
+
+    bucket_ms: int = 300_000
+    window_ms: int = 24 * 3_600_000  # the longest feature window
+    samples: int = 50  # readings sampled per bucket, at most about
+
+
+ClosedBucket = tuple[str, str, Bucket]  # machine, site, bucket
+StoredEvent = tuple[str, str, DeviceEvent]  # machine, site, event
+
+
+class HistoryOutbox:
+    """Closed buckets and device events waiting for the store (journal thread in, writer out)."""
+
+    def __init__(self) -> None:
+        self._closed: list[ClosedBucket] = []
+        self._events: list[StoredEvent] = []
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._closed or self._events)
+
+    def bucket(self, item: ClosedBucket) -> None:
+        self._closed.append(item)
+
+    def event(self, item: StoredEvent) -> None:
+        self._events.append(item)
+
+    def drain(self) -> tuple[list[ClosedBucket], list[StoredEvent]]:
+        closed, events = self._closed, self._events
+        self._closed, self._events = [], []
+        return closed, events
+
+
+class LiveHistory:
+    """One machine's open bucket, its closed buckets and events within the feature window."""
+
+    __slots__ = (
+        "_acc",
+        "_bucket",
+        "_bucket_end",
+        "_next_sample",
+        "_outbox",
+        "_policy",
+        "_seen",
+        "_stride",
+        "buckets",
+        "errors",
+        "machine",
+        "maintenance",
+        "site",
+    )
+
+    def __init__(
+        self, machine: str, site: str, policy: HistoryPolicy, outbox: HistoryOutbox
+    ) -> None:
+        self.machine = machine
+        self.site = site
+        self._policy = policy
+        self._outbox = outbox
+        self._bucket = 0  # start of the open bucket, epoch ms (0: none yet)
+        self._acc: dict[str, list[float]] = {}  # signal -> [n, sum, sum of squares]
+        self._bucket_end = 0
+        self._seen = 0  # readings in the open bucket
+        self._stride = 1  # accumulate every stride-th reading (bounded work at high rates)
+        self._next_sample = 1  # the reading count at which to accumulate next
+        self.buckets: deque[Bucket] = deque()
+        self.errors: deque[tuple[int, str]] = deque()  # (ts, code) within the longest window
+        self.maintenance: dict[str, int] = {}  # code -> ts of the last maintenance event
+
+    def add(self, ts: int, values: dict[str, float], live: dict[str, tuple[float, int]]) -> None:
+        """An in-order reading at event time `ts`; `live` is the twin's values, already updated."""
+        if ts >= self._bucket_end:
+            self._close(ts, live)
+        self._seen += 1
+        if self._seen < self._next_sample:
+            return
+        if self._seen >= 2 * self._policy.samples * self._stride:
+            self._stride *= 2  # a faster stream than the last bucket's: thin out
+        self._next_sample = self._seen + self._stride
+        acc = self._acc
+        for name, value in values.items():
+            slot = acc.get(name)
+            if slot is None:
+                acc[name] = [1, value, value * value]
+            else:
+                slot[0] += 1
+                slot[1] += value
+                slot[2] += value * value
+
+    def _close(self, ts: int, live: dict[str, tuple[float, int]]) -> None:
+        """Close the open bucket (if any) and open the one `ts` falls in."""
+        policy = self._policy
+        if self._bucket and self._acc:
+            signals = {
+                name: (n, total, squares, live[name][0])
+                for name, (n, total, squares) in self._acc.items()
+            }
+            bucket = Bucket(self._bucket, signals)
+            self.buckets.append(bucket)
+            self._outbox.bucket((self.machine, self.site, bucket))
+            horizon = ts - policy.window_ms
+            while self.buckets and self.buckets[0].start < horizon:
+                self.buckets.popleft()
+        # Sample at most ~policy.samples readings per bucket, judged by the last bucket's rate.
+        self._stride = max(1, self._seen // policy.samples)
+        self._bucket = ts - ts % policy.bucket_ms
+        self._bucket_end = self._bucket + policy.bucket_ms
+        self._acc = {}
+        self._seen = 0
+        self._next_sample = 1
+
+    def event(self, event: DeviceEvent) -> None:
+        assert event.ts is not None
+        if event.type == "error":
+            self.errors.append((event.ts, event.code))
+            horizon = event.ts - self._policy.window_ms
+            while self.errors and self.errors[0][0] < horizon:
+                self.errors.popleft()
+        elif event.type == "maintenance":
+            self.maintenance[event.code] = max(event.ts, self.maintenance.get(event.code, 0))
+        self._outbox.event((self.machine, self.site, event))
+
+    def events(self) -> list[tuple[int, str, str]]:
+        """(ts, type, code) of the errors and last maintenance events in the window, by time."""
+        events = [(ts, "error", code) for ts, code in self.errors]
+        events += [(ts, "maintenance", code) for code, ts in self.maintenance.items()]
+        return sorted(events)
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "bucket": [self._bucket, self._acc, self._seen, self._stride],
+            "buckets": [[b.start, b.signals] for b in self.buckets],
+            "errors": list(self.errors),
+            "maintenance": self.maintenance,
+        }
+
+    def load(self, data: dict[str, Any]) -> None:
+        self._bucket, self._acc, self._seen, self._stride = data["bucket"]
+        self._bucket_end = self._bucket + self._policy.bucket_ms if self._bucket else 0
+        self._next_sample = self._seen + 1
+        self.buckets.extend(
+            Bucket(start, {k: (v[0], v[1], v[2], v[3]) for k, v in signals.items()})
+            for start, signals in data["buckets"]
+        )
+        self.errors.extend((ts, code) for ts, code in data["errors"])
+        self.maintenance = data["maintenance"]
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
@@ -59,11 +231,10 @@ class HistoryStore:
 
     def open(self) -> None:
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db = database.connect(self.path)
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
-            raise JournalError(f"cannot open the history in {self.path}: {exc}") from exc
+            raise StorageError(f"cannot open the history in {self.path}: {exc}") from exc
 
     def close(self) -> None:
         if self._db is not None:
@@ -72,8 +243,8 @@ class HistoryStore:
 
     def write(
         self,
-        buckets: Iterable[tuple[str, str, Bucket]],
-        events: Iterable[tuple[str, str, DeviceEvent]],
+        buckets: Iterable[ClosedBucket],
+        events: Iterable[StoredEvent],
     ) -> None:
         assert self._db is not None
         bucket_rows = [(m, s, b.start, msgspec.json.encode(b.signals)) for m, s, b in buckets]
@@ -90,11 +261,11 @@ class HistoryStore:
                     "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", event_rows
                 )
         except sqlite3.Error as exc:
-            raise JournalError(f"history write failed: {exc}") from exc
+            raise StorageError(f"history write failed: {exc}") from exc
 
     def failures(self, site: str | None = None) -> int:
         """How many failure events are stored (for one site, or all)."""
-        with sqlite3.connect(self.path) as db:
+        with closing(database.connect(self.path)) as db:
             query = "SELECT count(*) FROM events WHERE type = 'failure'"
             args: tuple[Any, ...] = ()
             if site is not None:
@@ -106,13 +277,15 @@ class HistoryStore:
         """Every machine's history (of one site, or all)."""
         where, args = ("WHERE site = ?", (site,)) if site is not None else ("", ())
         out: dict[str, MachineHistory] = {}
-        with sqlite3.connect(self.path) as db:
+        with closing(database.connect(self.path)) as db:
             for machine, msite, start, blob in db.execute(
                 f"SELECT machine, site, start_ms, signals FROM buckets {where} "
                 "ORDER BY machine, start_ms",
                 args,
             ):
-                signals = {k: tuple(v) for k, v in msgspec.json.decode(blob).items()}
+                signals = {
+                    k: (v[0], v[1], v[2], v[3]) for k, v in msgspec.json.decode(blob).items()
+                }
                 out.setdefault(machine, MachineHistory(msite)).buckets.append(
                     Bucket(start, signals)
                 )

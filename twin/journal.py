@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from twin import database
 from twin.errors import JournalError
 from twin.messages import RawMessage
 
@@ -66,9 +67,7 @@ class Journal:
     def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self.sync.upper()}")
+            db = database.connect(self.path, sync=self.sync, wal=True)
             db.executescript(_SCHEMA)
             # A write now, so a read-only file or a full disk fails start-up, not the first commit.
             db.execute("INSERT OR IGNORE INTO journal_counters VALUES ('dropped', 0)")

@@ -26,6 +26,8 @@ Publish = Callable[[str, bytes, bool], None]  # topic, payload, retain
 
 
 class Outbound:
+    """Publishes alert changes at once and changed twins at the twin cadence."""
+
     def __init__(
         self,
         state: FleetState,
@@ -62,10 +64,12 @@ class Outbound:
             due.append(heapq.heappop(self._due)[2])
         if not due:
             return
-        with self.state.lock:
-            states = [(t.site, t.machine, t.public(self.state.window_ms)) for t in due]
         self._waiting.difference_update(due)
-        for site, machine, public in states:
-            self.publish(self.topics.twin(site, machine), msgspec.json.encode(public), True)
-            self.hub.publish("twin", site, machine, public)
-            self._sent[machine] = now
+        window_ms = self.state.window_ms
+        for twin in due:  # on the journal thread, the state's writer: no lock needed to read
+            public = twin.public(window_ms)
+            self.publish(
+                self.topics.twin(twin.site, twin.machine), msgspec.json.encode(public), True
+            )
+            self.hub.publish("twin", twin.site, twin.machine, public)
+            self._sent[twin.machine] = now

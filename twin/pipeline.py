@@ -1,10 +1,22 @@
-"""The ingest pipeline: received message -> journal (group commit) -> decode -> state -> ack.
+"""The ingest pipeline: inbox -> journal (group commit) + decode/apply -> react -> ack.
 
-One thread owns the journal. It takes what the MQTT thread received, commits it in one
-transaction every `commit_ms` at most, then decodes and applies it, and only then acknowledges
-the MQTT messages. A crash between receipt and commit loses nothing (the broker redelivers what
-was not acknowledged); a crash after the commit loses nothing either (replay on start), and the
-redelivered copies are recognised as duplicates.
+One thread, the journal thread, owns the journal and is the state's only writer. It takes what
+the front end (MQTT) put in the `Inbox`, and for each batch, every `commit_ms` at most:
+
+1. starts the journal commit of the batch (SQLite writes with the GIL released), and meanwhile
+   decodes the batch and applies it to the live state;
+2. waits for the commit: from here the batch is durable;
+3. reacts to the twins it changed (`react`: risk scoring, alerts, MQTT twin and alert
+   publication, the `/stream` events, sink points), so nothing is told to the outside, or raised
+   as an alert, before it is durable;
+4. writes the history buckets the batch closed, then acknowledges the batch to the broker.
+
+What a reader may see before the commit is confirmed is the live state itself (`GET /machines`)
+for at most one commit: a crash then loses nothing, because the broker redelivers every message
+that was not acknowledged and replay restores every one that was committed; redelivered copies
+are recognised as duplicates. A crash between 3 and 4 leaves the batch committed and unacked:
+replay applies it once, and its redelivery counts as duplicates, so no alert is raised twice and
+no twin is published with an older revision.
 """
 
 from __future__ import annotations
@@ -21,48 +33,95 @@ import msgspec
 
 from twin.deadletters import DeadLetters
 from twin.errors import JournalError
-from twin.history import HistoryStore
+from twin.history import HistoryOutbox, HistoryStore
 from twin.journal import Journal
 from twin.messages import Decoded, Limits, RawMessage, Rejection, decode
 from twin.state import FleetState, MachineTwin
+from twin.status import JournalStatus
 from twin.topics import Topics
 
 log = logging.getLogger(__name__)
 
-AckToken = Any  # what the MQTT side needs to acknowledge one message
+AckToken = Any  # whatever the front end needs to acknowledge one message
+Ack = Callable[[Sequence[AckToken]], None]
+# Told which twins each durable batch changed (an empty set when idle).
+React = Callable[[set[MachineTwin]], None]
 _MAX_BATCH = 20_000  # messages in one commit at most
 _BACKLOG = 1_000  # messages waiting: with this many, commit at once rather than waiting
 
 
+class Inbox:
+    """Messages received and not yet committed: the front end puts, the journal thread takes."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[RawMessage, AckToken] | None] = queue.SimpleQueue()
+
+    def put(self, raw: RawMessage, token: AckToken) -> None:
+        """Called from the front end's thread for every message; never blocks."""
+        self._queue.put((raw, token))
+
+    def wake(self) -> None:
+        """Wake the journal thread (to stop)."""
+        self._queue.put(None)
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def get(self, timeout: float) -> tuple[RawMessage, AckToken] | None:
+        """The next message, or None after `timeout` or a `wake`."""
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def take(self, most: int) -> list[tuple[RawMessage, AckToken]]:
+        """Up to `most` messages that are already waiting."""
+        taken: list[tuple[RawMessage, AckToken]] = []
+        while len(taken) < most:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                break
+            taken.append(item)
+        return taken
+
+
 class Pipeline:
-    """Owns the journal and feeds the state."""
+    """Owns the journal and feeds the state; see the module for the order of each batch."""
 
     def __init__(
         self,
+        inbox: Inbox,
         journal: Journal,
         history: HistoryStore,
+        outbox: HistoryOutbox,
         state: FleetState,
         deadletters: DeadLetters,
         topics: Topics,
         limits: Limits,
         *,
+        ack: Ack,
+        react: React,
         commit_ms: int = 20,
         snapshot_interval_s: float = 30.0,
         summary_s: float = 60.0,
     ) -> None:
+        self.inbox = inbox
         self.journal = journal
         self.history = history
+        self.outbox = outbox
         self.state = state
         self.deadletters = deadletters
         self.topics = topics
         self.limits = limits
+        self.ack = ack
+        self.react = react
         self.commit_s = commit_ms / 1000
         self.snapshot_interval_s = snapshot_interval_s
         self.summary_s = summary_s  # how often ingest logs what it did
-        self.ack: Callable[[Sequence[AckToken]], None] = lambda tokens: None
-        # Told which twins each batch changed (an empty set when idle): risk scoring hangs here.
-        self.on_applied: Callable[[set[MachineTwin]], None] = lambda changed: None
-        self._inbox: queue.SimpleQueue[tuple[RawMessage, AckToken] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         # The journal's writes happen here; every other journal call waits for them first.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin-journal-write")
@@ -79,14 +138,16 @@ class Pipeline:
         )
         self._last_reasons: dict[str, int] = {}
 
-    def submit(self, raw: RawMessage, token: AckToken) -> None:
-        """Called from the MQTT thread for every message; never blocks."""
-        self._inbox.put((raw, token))
-
-    @property
-    def pending(self) -> int:
-        """Messages received and not yet committed (the journal lag)."""
-        return self._inbox.qsize()
+    def status(self) -> JournalStatus:
+        return JournalStatus(
+            lag=self.inbox.pending,
+            committed=self.committed,
+            replayed=self.replayed,
+            rows=self.journal.rows,
+            dropped=self.journal.dropped,
+            last_commit_ms=self.last_commit_ms,
+            failure=self.failure,
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -103,7 +164,7 @@ class Pipeline:
         if self._thread is None:
             return
         self._stopping.set()
-        self._inbox.put(None)
+        self.inbox.wake()
         self._thread.join()
         self._thread = None
         self._writer.shutdown()
@@ -117,7 +178,7 @@ class Pipeline:
         while True:
             batch = self._collect()
             if not batch:
-                self.on_applied(set())
+                self.react(set())
             else:
                 try:
                     self._commit(batch)
@@ -131,7 +192,7 @@ class Pipeline:
                     self.failure = f"unexpected {type(exc).__name__}: {exc}"
                     log.exception("ingest stopped; unacknowledged messages stay on the broker")
                     return
-            if self._stopping.is_set() and self._inbox.empty():
+            if self._stopping.is_set() and not self.inbox.pending:
                 return
             if time.monotonic() - self._last_snapshot >= self.snapshot_interval_s or (
                 self.journal.rows > self.journal.max_rows
@@ -174,44 +235,35 @@ class Pipeline:
 
     def _collect(self) -> list[tuple[RawMessage, AckToken]]:
         """Wait for a message, let the commit window fill, then take what arrived."""
-        try:
-            first = self._inbox.get(timeout=0.5)
-        except queue.Empty:
-            return []
+        first = self.inbox.get(timeout=0.5)
         if first is None:
             return []
-        if self._inbox.qsize() < _BACKLOG:
+        if self.inbox.pending < _BACKLOG:
             # Sleeping out the window, rather than waking for each message, leaves the GIL to
             # the MQTT thread meanwhile and makes one large commit instead of many small ones.
             time.sleep(self.commit_s)
-        batch = [first]
-        while len(batch) < _MAX_BATCH:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                break
-            batch.append(item)
-        return batch
+        return [first, *self.inbox.take(_MAX_BATCH - 1)]
 
     def _commit(self, batch: list[tuple[RawMessage, AckToken]]) -> None:
         raws = [raw for raw, _ in batch]
         # SQLite releases the GIL while it writes, so the commit runs beside decoding and
-        # applying the same batch. The acknowledgements wait for both.
+        # applying the same batch. The reactions wait for the commit, the acknowledgements
+        # for the reactions and the history.
         written = self._writer.submit(self.journal.append, raws)
-        self._apply(raws)
+        changed = self._apply(raws)
         written.result()
-        if self.state.history.pending:  # buckets close rarely: no round trip for most batches
+        self.react(changed)
+        if self.outbox.pending:  # buckets close rarely: no round trip for most batches
             self._writer.submit(self._write_history).result()
         self.committed += len(batch)
         self.last_commit_ms = int(time.time() * 1000)
         self.ack([token for _, token in batch])
 
     def _write_history(self) -> None:
-        self.history.write(*self.state.history.drain())
+        self.history.write(*self.outbox.drain())
 
-    def _apply(self, raws: Sequence[RawMessage]) -> None:
+    def _apply(self, raws: Sequence[RawMessage]) -> set[MachineTwin]:
+        """Decode and apply; return the twins that changed."""
         topics, limits, state, deadletters = self.topics, self.limits, self.state, self.deadletters
         changed = set()
         for raw in raws:
@@ -229,7 +281,7 @@ class Pipeline:
                 changed.add(twin)
             if decoded.rejections:
                 deadletters.add(raw, decoded)
-        self.on_applied(changed)
+        return changed
 
     # -- snapshot and replay --------------------------------------------------------------------
 
@@ -256,7 +308,7 @@ class Pipeline:
             self.deadletters.load(data["deadletters"])
         after = self._snapshot_id
         while rows := self.journal.read_after(after):
-            self._apply([raw for _, raw in rows])
+            self.react(self._apply([raw for _, raw in rows]))  # committed already
             self._write_history()
             after = rows[-1][0]
             self.replayed += len(rows)

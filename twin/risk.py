@@ -5,22 +5,63 @@ Scoring is micro-batched: machines are marked as they change and scored together
 reading would cost more than ingest itself). A machine's risk therefore trails its newest reading
 by at most `interval_s`. A site's model scores that site's machines; the default model the rest.
 A machine no model can score gets `risk: null` and the reason.
+
+Scoring runs on the journal thread, the state's only writer. A model promoted from another thread
+(`activate`) is swapped in at once and the whole fleet is rescored on the journal thread's next
+turn.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
-from twin.model import DEFAULT_SCOPE, Predictor, feature_row, missing_signals
+from twin.model import (
+    BUNDLED_CSV,
+    DEFAULT_SCOPE,
+    Predictor,
+    Registry,
+    feature_row,
+    fit,
+    missing_signals,
+    read_ai4i_csv,
+)
 from twin.model.fleet import FleetSpec, features, series
 from twin.state import FleetState, MachineTwin
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Risk:
+    """One scoring of one machine: immutable, replaced as a whole by the next."""
+
+    probability: float
+    model_version: str
+    threshold: float  # the model's alert threshold
+    updated_at: int  # epoch ms of the scoring
+    contributions: MappingProxyType[str, float] = field(
+        default_factory=lambda: MappingProxyType({})
+    )  # feature group -> share of the logit, largest magnitude first
+
+    def public(self) -> dict[str, object]:
+        return {
+            "probability": self.probability,
+            "model_version": self.model_version,
+            "threshold": self.threshold,
+            "updated_at": self.updated_at,
+            "contributions": dict(self.contributions),
+        }
+
+
+# Told of each batch of fresh scores: (site, machine, risk).
+RiskListener = Callable[[list[tuple[str, str, Risk]]], None]
 
 
 def site_scope(site: str) -> str:
@@ -28,18 +69,63 @@ def site_scope(site: str) -> str:
 
 
 class RiskScorer:
-    """Keeps every machine's `risk` current with the active models."""
+    """Keeps every machine's risk current with the active models."""
 
-    def __init__(self, state: FleetState, interval_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        state: FleetState,
+        registry: Registry,
+        interval_s: float = 0.2,
+        listeners: Sequence[RiskListener] = (),
+    ) -> None:
         self.state = state
+        self.registry = registry
         self.interval_s = interval_s
-        self.models: dict[str, Predictor] = {}
+        self.listeners = tuple(listeners)
+        self._models: dict[str, Predictor] = {}
+        self._models_lock = threading.Lock()
         self._dirty: set[MachineTwin] = set()
-        self._last = 0.0
+        self._rescore = threading.Condition()
+        self._rescore_asked = 0  # activations so far; the journal thread rescores up to it
+        self._rescore_done = 0
+        self._last = float("-inf")  # the first changes are scored at once
         self.scored = 0
         self.seconds = 0.0  # time spent scoring, for the metrics
-        # Each sink's queue of fresh scores: (site, machine, version, probability, threshold, ts).
-        self.outboxes: list[deque[tuple[str, str, str, float, float, int]]] = []
+
+    # -- models ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the active models; fit a default one on the bundled data if there is none."""
+        models = self.registry.load_active()
+        if DEFAULT_SCOPE not in models:
+            log.info("no usable default model: fitting one on the bundled AI4I 2020 data")
+            started = time.monotonic()
+            data = read_ai4i_csv(BUNDLED_CSV)
+            models[DEFAULT_SCOPE] = self.registry.add(fit(data, full_report=False), data)
+            log.info("fitted in %.1f s", time.monotonic() - started)
+        with self._models_lock:
+            self._models = models
+
+    def models(self) -> dict[str, Predictor]:
+        """The active model of each scope (a copy)."""
+        with self._models_lock:
+            return dict(self._models)
+
+    def model(self, scope: str) -> Predictor | None:
+        with self._models_lock:
+            return self._models.get(scope)
+
+    def activate(self, predictor: Predictor, wait_s: float = 30.0) -> bool:
+        """Score its scope with `predictor` from now on, and wait (up to `wait_s`) until the
+        journal thread has rescored the fleet with it; False if it did not in time."""
+        with self._models_lock:
+            self._models = {**self._models, predictor.scope: predictor}
+        with self._rescore:
+            self._rescore_asked += 1
+            asked = self._rescore_asked
+            return self._rescore.wait_for(lambda: self._rescore_done >= asked, wait_s)
+
+    # -- scoring (journal thread) ---------------------------------------------------------
 
     def observe(self, changed: Iterable[MachineTwin]) -> set[MachineTwin]:
         """Mark changed machines; score the marked ones when the interval has passed.
@@ -47,6 +133,14 @@ class RiskScorer:
         Returns the machines scored now (empty when it was not yet time).
         """
         self._dirty.update(changed)
+        asked = self._rescore_asked
+        if asked > self._rescore_done:
+            self._dirty.update(self.state.twins())
+            scored = self.flush()
+            with self._rescore:
+                self._rescore_done = asked
+                self._rescore.notify_all()
+            return scored
         if self._dirty and time.monotonic() - self._last >= self.interval_s:
             return self.flush()
         return set()
@@ -59,21 +153,12 @@ class RiskScorer:
             self._score(dirty)
         return dirty
 
-    def score_all(self) -> None:
-        with self.state.lock:
-            twins = list(self.state.twins())
-        self._score(twins)
+    def _model_for(self, models: dict[str, Predictor], twin: MachineTwin) -> Predictor | None:
+        return models.get(site_scope(twin.site)) or models.get(DEFAULT_SCOPE)
 
-    def _model_for(self, twin: MachineTwin) -> Predictor | None:
-        return self.models.get(site_scope(twin.site)) or self.models.get(DEFAULT_SCOPE)
-
-    def machine_type(self, machine: str) -> str | None:
-        with self.state.lock:
-            twin = self.state.twin(machine)
-            return None if twin is None else twin.type
-
-    def _row(self, model: Predictor, twin: MachineTwin) -> tuple[list[float] | None, str | None]:
-        """The twin's feature row for `model`, or None and why not (hold the state lock)."""
+    @staticmethod
+    def _row(model: Predictor, twin: MachineTwin) -> tuple[list[float] | None, str | None]:
+        """The twin's feature row for `model`, or None and why not."""
         live = {k: v for k, (v, _) in twin.values.items()}
         if model.kind != "fleet":
             missing = missing_signals(twin.values)
@@ -84,43 +169,44 @@ class RiskScorer:
         missing = [s for s in spec.signals if s not in live]
         if missing:
             return None, f"missing signals: {', '.join(missing)}"
-        events = [(ts, "error", code) for ts, code in twin.errors]
-        events += [(ts, "maintenance", code) for code, ts in twin.maintenance.items()]
-        data = series(list(twin.buckets), sorted(events))
+        history = twin.history
+        data = series(list(history.buckets), history.events())
         return list(features(spec, data, np.asarray([twin.latest_ts]), live)[0]), None
 
     def _score(self, twins: Iterable[MachineTwin]) -> None:
         started = time.perf_counter()
+        models = self.models()
         batches: dict[str, tuple[Predictor, list[MachineTwin], list[list[float]]]] = {}
-        with self.state.lock:
-            for twin in twins:
-                model = self._model_for(twin)
-                if model is None:
-                    twin.risk, twin.risk_reason = None, "no active model"
-                    continue
-                row, reason = self._row(model, twin)
-                if row is None:
-                    twin.risk, twin.risk_reason = None, reason
-                    continue
-                batch = batches.setdefault(model.version, (model, [], []))
-                batch[1].append(twin)
-                batch[2].append(row)
+        unscored: list[tuple[MachineTwin, Risk | None, str | None]] = []
+        for twin in twins:
+            model = self._model_for(models, twin)
+            if model is None:
+                unscored.append((twin, None, "no active model"))
+                continue
+            row, reason = self._row(model, twin)
+            if row is None:
+                unscored.append((twin, None, reason))
+                continue
+            batch = batches.setdefault(model.version, (model, [], []))
+            batch[1].append(twin)
+            batch[2].append(row)
+        self.state.set_risks(unscored)
         now = int(time.time() * 1000)
         for model, scored, rows in batches.values():
             probabilities, contributions = model.score(np.asarray(rows))
-            with self.state.lock:
-                for twin, p, c in zip(scored, probabilities, contributions, strict=True):
-                    twin.risk = {
-                        "probability": float(p),
-                        "model_version": model.version,
-                        "threshold": model.threshold,
-                        "updated_at": now,
-                        "contributions": model.explain(c),
-                    }
-                    twin.risk_reason = None
-                    for outbox in self.outboxes:
-                        outbox.append(
-                            (twin.site, twin.machine, model.version, float(p), model.threshold, now)
-                        )
+            risks = [
+                Risk(
+                    float(p),
+                    model.version,
+                    model.threshold,
+                    now,
+                    MappingProxyType(model.explain(c)),
+                )
+                for p, c in zip(probabilities, contributions, strict=True)
+            ]
+            self.state.set_risks((t, r, None) for t, r in zip(scored, risks, strict=True))
+            fresh = [(t.site, t.machine, r) for t, r in zip(scored, risks, strict=True)]
+            for listener in self.listeners:
+                listener(fresh)
             self.scored += len(scored)
         self.seconds += time.perf_counter() - started

@@ -1,11 +1,15 @@
 """Live twin state: one `MachineTwin` per machine, and the fleet index the API queries.
 
-Ordering rules (see DESIGN.md, "Delivery and ordering"):
+Ordering rules (the README's "Delivery guarantees"):
 - Event time wins: a reading older than a signal's live value goes to the recent window and the
   counters, but does not move that live value back (`out_of_order`).
 - A reading whose `seq` was seen before (or, without `seq`, whose device timestamp and values
   were seen before) is a duplicate: counted, never applied twice. Skipped sequence numbers count
   as `gaps` until they arrive late.
+
+Threads: the journal thread is the only writer (it applies messages and sets risk), under the
+fleet's lock, and reads without it. Every other thread reads through `FleetState`'s methods,
+which take the lock and hand back copies or immutable values, never a live twin.
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from twin.history import HistoryOutbox, HistoryPolicy, LiveHistory
 from twin.messages import Decoded, DeviceEvent, Reading, Rejection, Status
+
+if TYPE_CHECKING:
+    from twin.risk import Risk
 
 _MAX_MISSING = 4096  # sequence numbers remembered as missing, per machine
 _MAX_IDS = 1024  # identities of seq-less readings remembered, per machine
@@ -45,62 +53,22 @@ class Counters:
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    """One machine's readings aggregated over `bucket_ms` of event time.
-
-    `signals` maps a signal to (n, sum, sum of squares, last value) of the readings sampled.
-    """
-
-    start: int
-    signals: dict[str, tuple[float, float, float, float]]
-
-
-@dataclass
-class HistoryPolicy:
-    """How twins aggregate history, and the closed buckets and events awaiting the store."""
-
-    bucket_ms: int = 300_000
-    window_ms: int = 24 * 3_600_000  # the longest feature window
-    samples: int = 50  # readings sampled per bucket, at most about
-    closed: list[tuple[str, str, Bucket]] = field(default_factory=list)
-    events: list[tuple[str, str, DeviceEvent]] = field(default_factory=list)
-
-    @property
-    def pending(self) -> bool:
-        return bool(self.closed or self.events)
-
-    def drain(self) -> tuple[list[tuple[str, str, Bucket]], list[tuple[str, str, DeviceEvent]]]:
-        closed, events = self.closed, self.events
-        self.closed, self.events = [], []
-        return closed, events
-
-
 class MachineTwin:
     """The live state of one machine."""
 
     __slots__ = (
-        "_acc",
-        "_bucket",
-        "_bucket_end",
-        "_history",
         "_ids",
         "_ids_order",
         "_max_seq",
         "_min_seq",
         "_missing",
-        "_next_sample",
-        "_seen",
-        "_stride",
-        "buckets",
         "counters",
-        "errors",
         "first_seen",
+        "history",
         "last_events",
         "last_seen",
         "latest_ts",
         "machine",
-        "maintenance",
         "online",
         "recent",
         "revision",
@@ -113,7 +81,7 @@ class MachineTwin:
     )
 
     def __init__(
-        self, machine: str, site: str, seen_ms: int, recent: int, history: HistoryPolicy
+        self, machine: str, site: str, seen_ms: int, recent: int, history: LiveHistory
     ) -> None:
         self.machine = machine
         self.site = site
@@ -128,25 +96,14 @@ class MachineTwin:
         self.last_events: dict[str, dict[str, Any]] = {}
         self.counters = Counters()
         self.revision = 0
-        self.risk: dict[str, Any] | None = None  # set by twin.risk; not snapshotted (rescored)
+        self.risk: Risk | None = None  # set by twin.risk; not snapshotted (rescored)
         self.risk_reason: str | None = "not scored yet"
         self._max_seq: int | None = None
         self._min_seq = 0
         self._missing: set[int] = set()
         self._ids: set[tuple[Any, ...]] = set()
         self._ids_order: deque[tuple[Any, ...]] = deque()
-        # History: readings aggregate into buckets of event time; closed buckets within the
-        # longest feature window stay here (live features) and go to the history store.
-        self._history = history
-        self._bucket = 0  # start of the open bucket, epoch ms (0: none yet)
-        self._acc: dict[str, list[float]] = {}  # signal -> [n, sum, sum of squares]
-        self._bucket_end = 0
-        self._seen = 0  # readings in the open bucket
-        self._stride = 1  # accumulate every stride-th reading (bounded work at high rates)
-        self._next_sample = 1  # the reading count at which to accumulate next
-        self.buckets: deque[Bucket] = deque()
-        self.errors: deque[tuple[int, str]] = deque()  # (ts, code) within the longest window
-        self.maintenance: dict[str, int] = {}  # code -> ts of the last maintenance event
+        self.history = history  # buckets of event time, and the events fleet features use
 
     # -- applying -------------------------------------------------------------------------
 
@@ -192,6 +149,7 @@ class MachineTwin:
     def apply_readings(self, readings: list[Reading]) -> bool:
         counters = self.counters
         values = self.values
+        history = self.history
         changed = False
         for reading in readings:
             if not self._is_new(reading):
@@ -206,22 +164,7 @@ class MachineTwin:
                 self.latest_ts = ts
                 for name, value in reading.values.items():
                     values[name] = (value, ts)
-                if ts >= self._bucket_end:
-                    self._close_bucket(ts)
-                self._seen += 1
-                if self._seen >= self._next_sample:
-                    if self._seen >= 2 * self._history.samples * self._stride:
-                        self._stride *= 2  # a faster stream than the last bucket's: thin out
-                    self._next_sample = self._seen + self._stride
-                    acc = self._acc
-                    for name, value in reading.values.items():
-                        slot = acc.get(name)
-                        if slot is None:
-                            acc[name] = [1, value, value * value]
-                        else:
-                            slot[0] += 1
-                            slot[1] += value
-                            slot[2] += value * value
+                history.add(ts, reading.values, values)
                 continue
             stale = False
             for name, value in reading.values.items():
@@ -233,28 +176,6 @@ class MachineTwin:
             if stale:
                 counters.out_of_order += 1
         return changed
-
-    def _close_bucket(self, ts: int) -> None:
-        """Close the open bucket (if any) and open the one `ts` falls in."""
-        policy = self._history
-        if self._bucket and self._acc:
-            signals = {
-                name: (n, total, squares, self.values[name][0])
-                for name, (n, total, squares) in self._acc.items()
-            }
-            bucket = Bucket(self._bucket, signals)
-            self.buckets.append(bucket)
-            policy.closed.append((self.machine, self.site, bucket))
-            horizon = ts - policy.window_ms
-            while self.buckets and self.buckets[0].start < horizon:
-                self.buckets.popleft()
-        # Sample at most ~policy.samples readings per bucket, judged by the last bucket's rate.
-        self._stride = max(1, self._seen // policy.samples)
-        self._bucket = ts - ts % policy.bucket_ms
-        self._bucket_end = self._bucket + policy.bucket_ms
-        self._acc = {}
-        self._seen = 0
-        self._next_sample = 1
 
     def apply_status(self, status: Status) -> bool:
         assert status.ts is not None
@@ -269,14 +190,7 @@ class MachineTwin:
     def apply_event(self, event: DeviceEvent) -> bool:
         assert event.ts is not None
         self.last_events[event.type] = {"code": event.code, "ts": event.ts}
-        if event.type == "error":
-            self.errors.append((event.ts, event.code))
-            horizon = event.ts - self._history.window_ms
-            while self.errors and self.errors[0][0] < horizon:
-                self.errors.popleft()
-        elif event.type == "maintenance":
-            self.maintenance[event.code] = max(event.ts, self.maintenance.get(event.code, 0))
-        self._history.events.append((self.machine, self.site, event))
+        self.history.event(event)
         return True
 
     def reject(self, rejections: Iterable[Rejection]) -> None:
@@ -332,14 +246,14 @@ class MachineTwin:
                 "rejected_by_reason": dict(c.rejected_by_reason),
             },
             "revision": self.revision,
-            "risk": self.risk,
+            "risk": None if self.risk is None else self.risk.public(),
             "risk_reason": self.risk_reason,
         }
 
     @property
     def probability(self) -> float:
         """Failure probability for sorting; machines without risk sort as -1."""
-        return -1.0 if self.risk is None else float(self.risk["probability"])
+        return -1.0 if self.risk is None else self.risk.probability
 
     # -- snapshot ---------------------------------------------------------------------------
 
@@ -362,14 +276,11 @@ class MachineTwin:
             "min_seq": self._min_seq,
             "missing": sorted(self._missing),
             "ids": [list(k) for k in self._ids_order],
-            "bucket": [self._bucket, self._acc, self._seen, self._stride],
-            "buckets": [[b.start, b.signals] for b in self.buckets],
-            "errors": list(self.errors),
-            "maintenance": self.maintenance,
+            **self.history.dump(),
         }
 
     @classmethod
-    def load(cls, data: dict[str, Any], recent: int, history: HistoryPolicy) -> MachineTwin:
+    def load(cls, data: dict[str, Any], recent: int, history: LiveHistory) -> MachineTwin:
         twin = cls(data["machine"], data["site"], data["first_seen"], recent, history)
         twin.type = data["type"]
         twin.online = data["online"]
@@ -388,29 +299,34 @@ class MachineTwin:
             ident = (key[0], *(tuple(pair) for pair in key[1:]))
             twin._ids.add(ident)
             twin._ids_order.append(ident)
-        twin._bucket, twin._acc, twin._seen, twin._stride = data["bucket"]
-        twin._bucket_end = twin._bucket + history.bucket_ms if twin._bucket else 0
-        twin._next_sample = twin._seen + 1
-        twin.buckets.extend(
-            Bucket(start, {k: tuple(v) for k, v in signals.items()})
-            for start, signals in data["buckets"]
-        )
-        twin.errors.extend((ts, code) for ts, code in data["errors"])
-        twin.maintenance = data["maintenance"]
+        history.load(data)
         return twin
 
 
+@dataclass(frozen=True, slots=True)
+class TwinSummary:
+    """What planning needs of one twin, copied out under the lock."""
+
+    machine: str
+    site: str
+    type: str | None
+    online: bool | None
+    risk: Risk | None
+
+
 class FleetState:
-    """All machine twins, with the indexes fleet queries use. Thread-safe."""
+    """All machine twins, with the indexes fleet queries use. Thread-safe (see the module)."""
 
     def __init__(
         self,
         recent_readings: int = 500,
         stats_window_s: float = 600.0,
         history: HistoryPolicy | None = None,
+        outbox: HistoryOutbox | None = None,
     ) -> None:
-        self.lock = threading.RLock()
-        self.history = history or HistoryPolicy()
+        self._lock = threading.RLock()
+        self._history = history or HistoryPolicy()
+        self._outbox = outbox or HistoryOutbox()
         self._recent = recent_readings
         self.window_ms = stats_window_s * 1000
         self._machines: dict[str, MachineTwin] = {}
@@ -421,25 +337,27 @@ class FleetState:
     def __len__(self) -> int:
         return len(self._machines)
 
-    def _twin(self, machine: str, site: str, seen_ms: int) -> MachineTwin:
-        twin = self._machines.get(machine)
-        if twin is None:
-            twin = MachineTwin(machine, site, seen_ms, self._recent, self.history)
-            self._add(twin)
-        return twin
+    def _new(self, machine: str, site: str, seen_ms: int) -> MachineTwin:
+        history = LiveHistory(machine, site, self._history, self._outbox)
+        return MachineTwin(machine, site, seen_ms, self._recent, history)
 
     def _add(self, twin: MachineTwin) -> None:
         self._machines[twin.machine] = twin
         bisect.insort(self._ids, twin.machine)
         bisect.insort(self._by_site.setdefault(twin.site, []), twin.machine)
 
+    # -- writing (journal thread) ---------------------------------------------------------
+
     def apply(self, decoded: Decoded, received_ms: int) -> MachineTwin | None:
         """Apply one decoded message; return the twin when it changed."""
         address = decoded.address
         if address is None:
             return None
-        with self.lock:
-            twin = self._twin(address.machine, address.site, received_ms)
+        with self._lock:
+            twin = self._machines.get(address.machine)
+            if twin is None:
+                twin = self._new(address.machine, address.site, received_ms)
+                self._add(twin)
             twin.last_seen = max(twin.last_seen, received_ms)
             if decoded.rejections:
                 twin.reject(decoded.rejections)
@@ -459,18 +377,46 @@ class FleetState:
                 return twin
             return None
 
-    def twins(self) -> Iterable[MachineTwin]:
-        """Every twin (hold `lock` while iterating)."""
-        return self._machines.values()
+    def set_risks(self, scored: Iterable[tuple[MachineTwin, Risk | None, str | None]]) -> None:
+        """Replace the risk (or the reason there is none) of each twin, in one locked step."""
+        with self._lock:
+            for twin, risk, reason in scored:
+                twin.risk, twin.risk_reason = risk, reason
+
+    def twins(self) -> list[MachineTwin]:
+        """Every twin, for the journal thread (the writer) to read without the lock."""
+        return list(self._machines.values())
 
     def twin(self, machine: str) -> MachineTwin | None:
-        """One twin (hold `lock` while using it)."""
+        """One twin, for the journal thread (the writer) to read without the lock."""
         return self._machines.get(machine)
 
+    # -- reading (any thread) ---------------------------------------------------------------
+
     def get(self, machine: str) -> dict[str, Any] | None:
-        with self.lock:
+        with self._lock:
             twin = self._machines.get(machine)
             return None if twin is None else twin.public(self.window_ms)
+
+    def summaries(self) -> list[TwinSummary]:
+        with self._lock:
+            return [
+                TwinSummary(t.machine, t.site, t.type, t.online, t.risk)
+                for t in self._machines.values()
+            ]
+
+    def recent(self, machine: str) -> tuple[list[str], list[tuple[int, dict[str, float]]]] | None:
+        """The signals a machine has sent and its recent readings; None if it never reported."""
+        with self._lock:
+            twin = self._machines.get(machine)
+            if twin is None:
+                return None
+            return sorted(twin.values), list(twin.recent)
+
+    def machine_type(self, machine: str) -> str | None:
+        with self._lock:
+            twin = self._machines.get(machine)
+            return None if twin is None else twin.type
 
     def query(
         self,
@@ -484,7 +430,7 @@ class FleetState:
         """Filter, sort and page the fleet; return (total matching, page)."""
         key = _SORT_ATTRIBUTES[sort.lstrip("-")]
         reverse = sort.startswith("-")
-        with self.lock:
+        with self._lock:
             ids = self._ids if site is None else self._by_site.get(site, [])
             machines = self._machines
             if online is None and min_risk is None and key == "machine":
@@ -513,17 +459,18 @@ class FleetState:
     # -- snapshot ---------------------------------------------------------------------------
 
     def dump(self) -> list[dict[str, Any]]:
-        with self.lock:
+        with self._lock:
             return [twin.dump() for twin in self._machines.values()]
 
     def load(self, machines: list[dict[str, Any]]) -> None:
-        with self.lock:
+        with self._lock:
             self._machines.clear()
             self._ids.clear()
             self._by_site.clear()
             self.totals = Counters()
             for data in machines:
-                twin = MachineTwin.load(data, self._recent, self.history)
+                history = LiveHistory(data["machine"], data["site"], self._history, self._outbox)
+                twin = MachineTwin.load(data, self._recent, history)
                 self._add(twin)
                 self.totals.received += twin.counters.received
                 self.totals.duplicates += twin.counters.duplicates

@@ -1,91 +1,80 @@
 """Reading a machine's history back: from InfluxDB 1.x when configured, else the recent window.
 
 Raw points, or with `every` a mean/min/max per window. The answer says where it came from.
+InfluxDB 2 is read by Grafana (Flux), not here.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from twin.model.fleet import parse_duration
-from twin.sinks import InfluxDB1Sink
+from twin.durations import parse_duration, parse_time
+from twin.errors import InvalidRequest, NotFound
 from twin.state import FleetState
 
 
-class BadQuery(ValueError):
-    """A history request that cannot be answered as asked (a 422)."""
+class InfluxQL(Protocol):
+    """What history needs of InfluxDB 1.x (`twin.sinks.InfluxDB1Client` is one)."""
+
+    def query(self, influxql: str) -> list[dict[str, Any]]: ...
 
 
-def parse_time(text: str, now_ms: int) -> int:
-    """'now', a relative '-1h' / '-30m', or an RFC 3339 time -> epoch ms."""
-    text = text.strip()
-    if text == "now":
-        return now_ms
-    if text.startswith("-"):
-        try:
-            return now_ms - parse_duration(text[1:])
-        except ValueError as exc:
-            raise BadQuery(str(exc)) from None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise BadQuery(f"{text!r} is not 'now', a relative time like '-1h', or RFC 3339") from None
-    if parsed.tzinfo is None:
-        raise BadQuery(f"{text!r} needs a UTC offset, e.g. 'Z'")
-    return int(parsed.timestamp() * 1000)
+class BadQuery(InvalidRequest):
+    """A history request that cannot be answered as asked."""
 
 
-def query(
-    state: FleetState,
-    influx: InfluxDB1Sink | None,
-    machine: str,
-    signals: list[str],
-    start: str,
-    end: str,
-    every: str | None,
-    limit: int,
-) -> dict[str, Any] | None:
-    """The history of `machine`, or None when it never reported; raise `BadQuery` on bad input."""
-    with state.lock:
-        twin = state.twin(machine)
-        if twin is None:
-            return None
-        known = sorted(twin.values)
-        recent = list(twin.recent)
-    unknown = [s for s in signals if s not in known]
-    if unknown:
-        raise BadQuery(
-            f"{machine} has never sent {', '.join(unknown)}; it sends: {', '.join(known)}"
-        )
-    names = signals or known
-    now = int(time.time() * 1000)
-    start_ms, end_ms = parse_time(start, now), parse_time(end, now)
-    if start_ms >= end_ms:
-        raise BadQuery("start must be before end")
-    every_ms = None
-    if every is not None:
-        try:
+class History:
+    """Answers history queries for the API."""
+
+    def __init__(self, state: FleetState, influx: InfluxQL | None) -> None:
+        self.state = state
+        self.influx = influx
+
+    def query(
+        self,
+        machine: str,
+        signals: list[str],
+        start: str,
+        end: str,
+        every: str | None,
+        limit: int,
+    ) -> dict[str, Any]:
+        """The history of `machine`; `NotFound` if it never reported, `InvalidRequest` on bad
+        input, `SinkError` when InfluxDB does not answer."""
+        found = self.state.recent(machine)
+        if found is None:
+            raise NotFound(f"no machine {machine!r} has reported")
+        known, recent = found
+        unknown = [s for s in signals if s not in known]
+        if unknown:
+            raise BadQuery(
+                f"{machine} has never sent {', '.join(unknown)}; it sends: {', '.join(known)}"
+            )
+        names = signals or known
+        now = int(time.time() * 1000)
+        start_ms, end_ms = parse_time(start, now), parse_time(end, now)
+        if start_ms >= end_ms:
+            raise BadQuery("start must be before end")
+        every_ms = None
+        if every is not None:
             every_ms = parse_duration(every)
-        except ValueError as exc:
-            raise BadQuery(str(exc)) from None
-        if every_ms < 1000:
-            raise BadQuery("every must be at least 1s")
-    if influx is not None:
-        series = _from_influx(influx, machine, names, start_ms, end_ms, every_ms, limit)
-        source = "influxdb"
-    else:
-        series = _from_recent(recent, names, start_ms, end_ms, every_ms, limit)
-        source = "recent"
-    return {
-        "machine": machine,
-        "source": source,
-        "start": start_ms,
-        "end": end_ms,
-        "every_ms": every_ms,
-        "series": series,
-    }
+            if every_ms < 1000:
+                raise BadQuery("every must be at least 1s")
+        if self.influx is not None:
+            series = _from_influx(self.influx, machine, names, start_ms, end_ms, every_ms, limit)
+            source = "influxdb"
+        else:
+            series = _from_recent(recent, names, start_ms, end_ms, every_ms, limit)
+            source = "recent"
+        return {
+            "machine": machine,
+            "source": source,
+            "start": start_ms,
+            "end": end_ms,
+            "every_ms": every_ms,
+            "series": series,
+        }
 
 
 def _from_recent(
@@ -114,7 +103,7 @@ def _from_recent(
 
 
 def _from_influx(
-    influx: InfluxDB1Sink,
+    influx: InfluxQL,
     machine: str,
     names: list[str],
     start: int,

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from twin.errors import InvalidRequest
+
 SEGMENT = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 
 InboundKind = Literal["telemetry", "status", "event"]
@@ -21,7 +23,7 @@ class Address:
     kind: str
 
 
-class BadTopic(ValueError):
+class BadTopic(InvalidRequest):
     """A topic that does not follow ``{root}/{site}/{machine}/{kind}``."""
 
 

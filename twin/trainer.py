@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import sklearn
 
+from twin.errors import Conflict
 from twin.history import HistoryStore
 from twin.model import DEFAULT_SCOPE, Predictor, Registry, feature_row, fit_threshold
 from twin.model.fleet import (
@@ -32,6 +33,7 @@ from twin.model.fleet import (
 from twin.model.registry import new_version
 from twin.model.training import quality
 from twin.risk import RiskScorer, site_scope
+from twin.state import FleetState
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ MIN_TRAIN_POSITIVES = 10
 MIN_HELD_OUT_POSITIVES = 3
 
 
-class TrainerBusy(RuntimeError):
+class TrainerBusy(Conflict):
     """A training job is already running."""
 
 
@@ -47,11 +49,17 @@ class Trainer:
     """Runs fleet-model training jobs and keeps the last one's status."""
 
     def __init__(
-        self, history: HistoryStore, registry: Registry, scorer: RiskScorer, bucket_ms: int
+        self,
+        history: HistoryStore,
+        registry: Registry,
+        scorer: RiskScorer,
+        state: FleetState,
+        bucket_ms: int,
     ) -> None:
         self.history = history
         self.registry = registry
         self.scorer = scorer
+        self.state = state
         self.bucket_ms = bucket_ms
         self.job: dict[str, Any] | None = None
         self._lock = threading.Lock()
@@ -116,7 +124,7 @@ class Trainer:
         candidate_scores = pipeline.predict_proba(data.X[test])[:, 1]
         candidate = quality(data.y[test], candidate_scores, threshold)
         job["progress"] = "comparing with the active model"
-        active = self.scorer.models.get(job["scope"]) or self.scorer.models.get(DEFAULT_SCOPE)
+        active = self.scorer.model(job["scope"]) or self.scorer.model(DEFAULT_SCOPE)
         active_metrics = self._measure(active, data, test, stored) if active else None
         better = active_metrics is None or (
             candidate["average_precision"] >= active_metrics["average_precision"]
@@ -142,9 +150,8 @@ class Trainer:
             "created_at": created,
         }
         predictor = self.registry.store(Predictor(pipeline, manifest), activate=promote)
-        if promote:
-            self.scorer.models[job["scope"]] = predictor
-            self.scorer.score_all()
+        if promote and not self.scorer.activate(predictor):
+            log.warning("model %s is active; the fleet was not rescored with it yet", version)
         return {
             "progress": "done",
             "candidate": {"version": version, "metrics": candidate},
@@ -177,7 +184,7 @@ class Trainer:
             ):
                 values = _latest_values(stored[machine], t, names[:5], self.bucket_ms)
                 if values is not None:
-                    rows.append(feature_row(values, self.scorer.machine_type(machine)))
+                    rows.append(feature_row(values, self.state.machine_type(machine)))
                     keep.append(i)
             if not rows or len(set(y[keep])) < 2:
                 return None

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query
 
 from twin.alerts import Severity
-from twin.api.deps import BODY_ERRORS, NOT_FOUND, OperateAccess, TwinDep
+from twin.api.deps import BODY_ERRORS, NOT_FOUND, AlertsDep, OperateAccess
 from twin.api.schemas import AckRequest, AlertPage, AlertPublic
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/alerts", tags=["alerts"])
 
 @router.get("", response_model=AlertPage, summary="Alerts, newest first")
 def list_alerts(
-    twin: TwinDep,
+    alerts: AlertsDep,
     machine: Annotated[str | None, Query(max_length=64)] = None,
     site: Annotated[str | None, Query(max_length=64)] = None,
     state: Literal["active", "cleared"] | None = None,
@@ -25,7 +25,7 @@ def list_alerts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
-    total, found = twin.alerts.query(
+    total, found = alerts.query(
         machine=machine,
         site=site,
         state=state,
@@ -38,11 +38,8 @@ def list_alerts(
 
 
 @router.get("/{alert_id}", response_model=AlertPublic, summary="One alert", responses=NOT_FOUND)
-def get_alert(twin: TwinDep, alert_id: int) -> dict[str, Any]:
-    alert = twin.alerts.get(alert_id)
-    if alert is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert {alert_id}")
-    return asdict(alert)
+def get_alert(alerts: AlertsDep, alert_id: int) -> dict[str, Any]:
+    return asdict(alerts.get(alert_id))
 
 
 @router.post(
@@ -52,9 +49,6 @@ def get_alert(twin: TwinDep, alert_id: int) -> dict[str, Any]:
     summary="Acknowledge an alert (independent of its active/cleared state)",
     responses={**NOT_FOUND, **BODY_ERRORS},
 )
-def acknowledge(twin: TwinDep, alert_id: int, body: AckRequest | None = None) -> dict[str, Any]:
+def acknowledge(alerts: AlertsDep, alert_id: int, body: AckRequest | None = None) -> dict[str, Any]:
     request = body or AckRequest()
-    alert = twin.alerts.acknowledge(alert_id, request.by, request.comment)
-    if alert is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert {alert_id}")
-    return asdict(alert)
+    return asdict(alerts.acknowledge(alert_id, request.by, request.comment))

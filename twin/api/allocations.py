@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 
-from twin.allocation import Demand, PlanError, Site, Task, plan
-from twin.api.deps import BODY_ERRORS, NOT_FOUND, OperateAccess, TwinDep
+from twin.api.deps import BODY_ERRORS, NOT_FOUND, OperateAccess, PlannerDep
 from twin.api.schemas import AllocationPublic, AllocationRequest, PlanPublic, PlanRequest
+from twin.errors import InvalidRequest
+from twin.planning import Demand, Site, Task, plan
 
 router = APIRouter(tags=["allocations"])
-
-_422 = status.HTTP_422_UNPROCESSABLE_CONTENT
 
 
 @router.post(
@@ -22,18 +21,17 @@ _422 = status.HTTP_422_UNPROCESSABLE_CONTENT
     summary="Allocate tasks to healthy machines (optimised)",
     responses=BODY_ERRORS,
 )
-def create_allocation(twin: TwinDep, request: AllocationRequest) -> dict[str, Any]:
+def create_allocation(planner: PlannerDep, request: AllocationRequest) -> dict[str, Any]:
     """Tasks that cannot fit come back in `unassigned` with a reason, never as an error."""
-    known = twin.planner.machine_types()
+    known = planner.machine_types()
     unknown = sorted({t.machine_type for t in request.tasks if t.machine_type} - known)
     if unknown:
-        raise HTTPException(
-            _422,
+        raise InvalidRequest(
             f"unknown machine type(s) {', '.join(unknown)}; "
             f"the fleet has {', '.join(sorted(known)) or 'none'}",
         )
     tasks = [Task(**t.model_dump()) for t in request.tasks]
-    return twin.planner.allocate(tasks, request.horizon_min, request.max_risk)
+    return planner.allocate(tasks, request.horizon_min, request.max_risk)
 
 
 @router.get(
@@ -42,11 +40,8 @@ def create_allocation(twin: TwinDep, request: AllocationRequest) -> dict[str, An
     summary="One allocation",
     responses=NOT_FOUND,
 )
-def get_allocation(twin: TwinDep, allocation_id: int) -> dict[str, Any]:
-    found = twin.planner.get(allocation_id)
-    if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no allocation {allocation_id}")
-    return found
+def get_allocation(planner: PlannerDep, allocation_id: int) -> dict[str, Any]:
+    return planner.get(allocation_id)
 
 
 @router.post(
@@ -56,11 +51,8 @@ def get_allocation(twin: TwinDep, allocation_id: int) -> dict[str, Any]:
     summary="Move the tasks of machines now in alert",
     responses=NOT_FOUND,
 )
-def replan(twin: TwinDep, allocation_id: int) -> dict[str, Any]:
-    found = twin.planner.replan(allocation_id)
-    if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no allocation {allocation_id}")
-    return found
+def replan(planner: PlannerDep, allocation_id: int) -> dict[str, Any]:
+    return planner.replan(allocation_id)
 
 
 @router.post(
@@ -70,15 +62,15 @@ def replan(twin: TwinDep, allocation_id: int) -> dict[str, Any]:
     summary="Plan production across sites (linear programme)",
     responses=BODY_ERRORS,
 )
-def create_plan(twin: TwinDep, request: PlanRequest) -> dict[str, Any]:
+def create_plan(planner: PlannerDep, request: PlanRequest) -> dict[str, Any]:
     site_names = {s.name for s in request.sites}
     demand_ids = {d.id for d in request.demands}
     for route in request.transport:
         if route.site not in site_names or route.demand not in demand_ids:
-            raise HTTPException(
-                _422, f"transport names an unknown site or demand: {route.site}/{route.demand}"
+            raise InvalidRequest(
+                f"transport names an unknown site or demand: {route.site}/{route.demand}"
             )
-    healthy = twin.planner.healthy_machines()
+    healthy = planner.healthy_machines()
     sites = [
         Site(
             s.name,
@@ -90,7 +82,4 @@ def create_plan(twin: TwinDep, request: PlanRequest) -> dict[str, Any]:
         for s in request.sites
     ]
     demands = [Demand(d.id, d.quantity, d.shortfall_cost) for d in request.demands]
-    try:
-        return plan(sites, demands, {(r.site, r.demand): r.cost for r in request.transport})
-    except PlanError as exc:
-        raise HTTPException(_422, str(exc)) from exc
+    return plan(sites, demands, {(r.site, r.demand): r.cost for r in request.transport})

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from twin.api.deps import OperateAccess, TwinDep
+from twin.api.deps import DeadLettersDep, OperateAccess
 from twin.api.schemas import Cleared, DeadLettersPublic
 from twin.messages import Reason
 
@@ -15,12 +15,11 @@ router = APIRouter(prefix="/deadletters", tags=["deadletters"])
 
 @router.get("", response_model=DeadLettersPublic, summary="Rejected messages, newest first")
 def list_deadletters(
-    twin: TwinDep,
+    dl: DeadLettersDep,
     machine: Annotated[str | None, Query(max_length=64)] = None,
     reason: Reason | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    dl = twin.deadletters
     return {
         "total": dl.total,
         "by_reason": dict(dl.by_reason),
@@ -31,6 +30,6 @@ def list_deadletters(
 @router.delete(
     "", response_model=Cleared, dependencies=[OperateAccess], summary="Empty the dead-letter list"
 )
-def clear_deadletters(twin: TwinDep) -> dict[str, int]:
+def clear_deadletters(dl: DeadLettersDep) -> dict[str, int]:
     """The counters by reason are kept; only the stored entries go."""
-    return {"cleared": twin.deadletters.clear()}
+    return {"cleared": dl.clear()}

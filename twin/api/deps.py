@@ -1,16 +1,37 @@
-"""Dependencies shared by the routers, as `Annotated` aliases."""
+"""Dependencies shared by the routers, as `Annotated` aliases: each route gets the part of the
+service it uses, never the whole service. The only module of `twin.api` that knows `Twin`."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from twin.alerts import AlertManager
 from twin.api.schemas import Problem
-from twin.app import Twin
+from twin.config import Settings
+from twin.deadletters import DeadLetters
+from twin.model import Registry
+from twin.planning import AllocationLedger
+from twin.risk import RiskScorer
+from twin.service import Twin
+from twin.state import FleetState
+from twin.status import TwinStatus
+from twin.stream import EventHub
+from twin.timeseries import History
+from twin.trainer import Trainer
+
+T = TypeVar("T")
+
+Service = Twin  # for `install`'s signature, so no other API module imports the service
+
+
+def bind(app: FastAPI, twin: Twin) -> None:
+    """Make `twin` the service every dependency below reads from."""
+    app.state.twin = twin
 
 
 def _twin(request: Request) -> Twin:
@@ -18,7 +39,32 @@ def _twin(request: Request) -> Twin:
     return twin
 
 
-TwinDep = Annotated[Twin, Depends(_twin)]
+def _part(get: Callable[[Twin], T]) -> Callable[[Request], T]:
+    """A dependency that hands a route one part of the service."""
+
+    def dependency(request: Request) -> T:
+        return get(_twin(request))
+
+    return dependency
+
+
+def status_source(app: FastAPI) -> Callable[[], TwinStatus]:
+    """What `/metrics` reads at scrape time."""
+    twin: Twin = app.state.twin
+    return twin.status
+
+
+SettingsDep = Annotated[Settings, Depends(_part(lambda t: t.settings))]
+StateDep = Annotated[FleetState, Depends(_part(lambda t: t.state))]
+AlertsDep = Annotated[AlertManager, Depends(_part(lambda t: t.alerts))]
+PlannerDep = Annotated[AllocationLedger, Depends(_part(lambda t: t.planner))]
+ScorerDep = Annotated[RiskScorer, Depends(_part(lambda t: t.scorer))]
+RegistryDep = Annotated[Registry, Depends(_part(lambda t: t.registry))]
+TrainerDep = Annotated[Trainer, Depends(_part(lambda t: t.trainer))]
+DeadLettersDep = Annotated[DeadLetters, Depends(_part(lambda t: t.deadletters))]
+HubDep = Annotated[EventHub, Depends(_part(lambda t: t.hub))]
+HistoryDep = Annotated[History, Depends(_part(lambda t: t.history))]
+StatusDep = Annotated[TwinStatus, Depends(_part(lambda t: t.status()))]
 
 _bearer = HTTPBearer(
     auto_error=False, description="Required for writes when TWIN_API_TOKENS is set"
@@ -27,11 +73,10 @@ _bearer = HTTPBearer(
 
 def _require(role: str) -> Callable[..., None]:
     def check(
-        twin: TwinDep,
+        settings: SettingsDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
         """`Authorization: Bearer <token>` with `role` when tokens are configured."""
-        settings = twin.settings
         tokens = settings.tokens
         if not tokens or (role == "read" and settings.api_read_open):
             return

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query
 
-from twin import timeseries
-from twin.api.deps import NOT_FOUND, TwinDep, problem
+from twin.alerts import AlertManager
+from twin.api.deps import NOT_FOUND, AlertsDep, HistoryDep, StateDep, problem
 from twin.api.schemas import HistoryPublic, MachinePage, MachinePublic
-from twin.app import Twin
-from twin.sinks import SinkError
+from twin.errors import NotFound
 from twin.state import SortKey
 
 router = APIRouter(prefix="/machines", tags=["machines"])
@@ -19,7 +18,8 @@ router = APIRouter(prefix="/machines", tags=["machines"])
 
 @router.get("", response_model=MachinePage, summary="List the fleet's twins")
 def list_machines(
-    twin: TwinDep,
+    state: StateDep,
+    alerts: AlertsDep,
     site: Annotated[str | None, Query(max_length=64)] = None,
     online: bool | None = None,
     sort: SortKey = "machine",
@@ -27,9 +27,9 @@ def list_machines(
     offset: Annotated[int, Query(ge=0)] = 0,
     min_risk: Annotated[float | None, Query(ge=0, le=1)] = None,
 ) -> dict[str, Any]:
-    total, items = twin.state.query(site, online, sort, limit, offset, min_risk)
+    total, items = state.query(site, online, sort, limit, offset, min_risk)
     return {
-        "items": [_with_alerts(twin, m) for m in items],
+        "items": [_with_alerts(alerts, m) for m in items],
         "total": total,
         "limit": limit,
         "offset": offset,
@@ -39,15 +39,15 @@ def list_machines(
 @router.get(
     "/{machine}", response_model=MachinePublic, summary="One machine's twin", responses=NOT_FOUND
 )
-def get_machine(twin: TwinDep, machine: str) -> dict[str, Any]:
-    found = twin.state.get(machine)
+def get_machine(state: StateDep, alerts: AlertsDep, machine: str) -> dict[str, Any]:
+    found = state.get(machine)
     if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine!r} has reported")
-    return _with_alerts(twin, found)
+        raise NotFound(f"no machine {machine!r} has reported")
+    return _with_alerts(alerts, found)
 
 
-def _with_alerts(twin: Twin, machine: dict[str, Any]) -> dict[str, Any]:
-    machine["alerts"] = [asdict(a) for a in twin.alerts.active_for(machine["machine"])]
+def _with_alerts(alerts: AlertManager, machine: dict[str, Any]) -> dict[str, Any]:
+    machine["alerts"] = [asdict(a) for a in alerts.active_for(machine["machine"])]
     return machine
 
 
@@ -58,7 +58,7 @@ def _with_alerts(twin: Twin, machine: dict[str, Any]) -> dict[str, Any]:
     responses={**NOT_FOUND, 503: problem("InfluxDB did not answer")},
 )
 def history(
-    twin: TwinDep,
+    reader: HistoryDep,
     machine: str,
     signal: Annotated[list[str] | None, Query(description="one or several; all by default")] = None,
     start: Annotated[str, Query(description="RFC 3339, 'now' or relative like '-1h'")] = "-1h",
@@ -69,14 +69,4 @@ def history(
     limit: Annotated[int, Query(ge=1, le=10_000, description="points per signal")] = 1000,
 ) -> dict[str, Any]:
     """From InfluxDB 1.x when it is configured, else the twin's recent window (`source` says)."""
-    try:
-        found = timeseries.query(
-            twin.state, twin.influx_reader, machine, signal or [], start, end, every, limit
-        )
-    except timeseries.BadQuery as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    except SinkError as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
-    if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine!r} has reported")
-    return found
+    return reader.query(machine, signal or [], start, end, every, limit)

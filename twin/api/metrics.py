@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from twin.api.deps import status_source
 from twin.metrics import registry_for
 
 router = APIRouter(tags=["health"])
@@ -19,7 +20,7 @@ def metrics(request: Request) -> Response:
 
 
 def install_metrics(app: FastAPI) -> None:
-    registry, latency = registry_for(app.state.twin)
+    registry, latency = registry_for(status_source(app))
     app.state.metrics = registry
 
     @app.middleware("http")

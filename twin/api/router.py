@@ -1,4 +1,7 @@
-"""Includes every resource router, the access rules, the size limit and the JSON error handler."""
+"""Includes every resource router, the access rules, the size limit and the error handlers.
+
+Domain errors become HTTP problems in one place, by their category in the `TwinError` tree.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +23,26 @@ from twin.api import (
     model,
     stream,
 )
-from twin.api.deps import ACCESS_ERRORS, ReadAccess
+from twin.api.deps import ACCESS_ERRORS, ReadAccess, Service, bind
+from twin.errors import Conflict, InvalidRequest, NotFound, StorageError, TwinError, Unavailable
 
 log = logging.getLogger(__name__)
+
+_STATUS: tuple[tuple[type[TwinError], int], ...] = (
+    (NotFound, 404),
+    (Conflict, 409),
+    (InvalidRequest, 422),
+    (Unavailable, 503),
+    (StorageError, 503),
+)
+
+
+async def _twin_error(request: Request, exc: Exception) -> JSONResponse:
+    """A `TwinError` as a problem answer: its category picks the status, its text the detail."""
+    code = next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
+    if code >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": str(exc)}, status_code=code)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -75,8 +95,9 @@ async def _nothing() -> Message:
     return {"type": "http.disconnect"}
 
 
-def install(app: FastAPI) -> None:
-    settings = app.state.twin.settings
+def install(app: FastAPI, twin: Service) -> None:
+    bind(app, twin)
+    settings = twin.settings
     # Liveness, metrics and the dashboard's files stay open; every resource follows the rules.
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -84,6 +105,7 @@ def install(app: FastAPI) -> None:
     dashboard.install_dashboard(app)
     for resource in (machines, alerts, allocations, stream, model, deadletters):
         app.include_router(resource.router, dependencies=[ReadAccess], responses=ACCESS_ERRORS)
+    app.add_exception_handler(TwinError, _twin_error)
     app.add_exception_handler(Exception, _internal_error)
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]

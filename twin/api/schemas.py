@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from twin.model.fleet import parse_duration
+from twin.durations import BadDuration, parse_duration
 
 
 class RequestModel(BaseModel):
@@ -194,7 +194,10 @@ class TrainRequest(RequestModel):
     @field_validator("label_horizon")
     @classmethod
     def _duration(cls, value: str) -> str:
-        parse_duration(value)
+        try:
+            parse_duration(value)
+        except BadDuration as exc:
+            raise ValueError(str(exc)) from None  # pydantic reports ValueErrors as 422 details
         return value
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
-from twin.api.deps import TwinDep
+from twin.api.deps import HubDep
 
 router = APIRouter(tags=["stream"])
 
@@ -19,14 +19,14 @@ router = APIRouter(tags=["stream"])
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def stream(
-    twin: TwinDep,
+    hub: HubDep,
     site: Annotated[str | None, Query(max_length=64)] = None,
     machine: Annotated[str | None, Query(max_length=64)] = None,
     last_event_id: Annotated[int | None, Header(ge=0)] = None,
 ) -> StreamingResponse:
     """A client that falls more than `TWIN_STREAM_BUFFER` events behind is dropped (counted)."""
     return StreamingResponse(
-        twin.hub.subscribe(site, machine, last_event_id),
+        hub.subscribe(site, machine, last_event_id),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 
 from twin.messages import CANONICAL_SIGNALS
 
-TYPES = ("L", "M", "H")
 DERIVED = ("power_w", "temp_diff_k", "wear_torque_min_nm")
 FEATURES: tuple[str, ...] = (*CANONICAL_SIGNALS, *DERIVED, "type_l", "type_m", "type_h")
 

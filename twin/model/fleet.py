@@ -9,7 +9,6 @@ after the sample. The same function computes features for training and for live 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import SplineTransformer, StandardScaler
 
-from twin.errors import TwinError
+from twin.errors import InvalidRequest
 
 HOUR_MS = 3_600_000
 WINDOWS_H = (3, 24)
@@ -27,20 +26,8 @@ FEATURE_WINDOW_MS = max(WINDOWS_H) * HOUR_MS
 _NEVER_H = 30 * 24.0  # "hours since" for a maintenance never seen: a month, the cap
 
 
-class FleetTrainingError(TwinError):
+class FleetTrainingError(InvalidRequest):
     """History that cannot train a model (too short, too few failures)."""
-
-
-def parse_duration(text: str) -> int:
-    """'24h', '90m', '2d', '30s' -> milliseconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration like '24h', '90m' or '2d'")
-    unit = {"s": 1_000, "m": 60_000, "h": HOUR_MS, "d": 24 * HOUR_MS}[match.group(2)]
-    value = int(float(match.group(1)) * unit)
-    if value <= 0:
-        raise ValueError("a duration must be positive")
-    return value
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,14 @@ import sklearn
 from scipy.special import expit
 from sklearn.pipeline import Pipeline
 
-from twin.errors import TwinError
+from twin.errors import ConfigError
 from twin.model.training import feature_groups
 
 MODEL_FILE = "model.joblib"
 MANIFEST_FILE = "model.json"
 
 
-class ModelMismatch(TwinError):
+class ModelMismatch(ConfigError):
     """A stored model that this installation must not load (another scikit-learn version)."""
 
 

@@ -31,7 +31,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_te
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import PolynomialFeatures, SplineTransformer, StandardScaler
 
-from twin.errors import TwinError
+from twin.errors import InvalidRequest
 from twin.model.features import FEATURES, feature_row
 
 BUNDLED_CSV = Path(__file__).parent / "data" / "ai4i2020.csv"
@@ -59,7 +59,7 @@ HEAT = "temp_diff_k x rotational_speed_rpm"
 STRAIN = "wear_torque_min_nm x type"
 
 
-class TrainingDataError(TwinError):
+class TrainingDataError(InvalidRequest):
     """A training set that cannot be used (a missing column, a bad value, too few failures)."""
 
 

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from twin.config import Settings
 from twin.sinks.base import Sink, SinkError
-from twin.sinks.influxdb1 import InfluxDB1Sink
+from twin.sinks.influxdb1 import InfluxDB1Client, InfluxDB1Sink
 from twin.sinks.influxdb2 import InfluxDB2Sink
 
-__all__ = ["InfluxDB1Sink", "InfluxDB2Sink", "Sink", "SinkError", "build"]
+__all__ = [
+    "InfluxDB1Client",
+    "InfluxDB1Sink",
+    "InfluxDB2Sink",
+    "Sink",
+    "SinkError",
+    "build",
+    "reader",
+]
 
 
 def build(settings: Settings) -> list[Sink]:
@@ -27,3 +35,12 @@ def build(settings: Settings) -> list[Sink]:
             )
         )
     return sinks
+
+
+def reader(settings: Settings) -> InfluxDB1Client | None:
+    """Where history is read back from: InfluxDB 1.x (InfluxQL) when it is configured."""
+    if not settings.influx_url or not settings.influx_db:
+        return None
+    return InfluxDB1Client(
+        settings.influx_url, settings.influx_db, settings.influx_user, settings.influx_password
+    )

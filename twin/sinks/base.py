@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from twin.errors import TwinError
+from twin.errors import Unavailable
 
 
-class SinkError(TwinError):
+class SinkError(Unavailable):
     """A write that did not land; the forwarder retries it."""
 
 

@@ -1,4 +1,8 @@
-"""InfluxDB 1.x through its HTTP `/write` and `/query` API (`TWIN_INFLUX_DB`)."""
+"""InfluxDB 1.x through its HTTP API (`TWIN_INFLUX_DB`): the sink writes, the reader queries.
+
+Both go through one small HTTP client: `/write?db=...&precision=ms` for line protocol, `/query`
+for InfluxQL (epoch ms times).
+"""
 
 from __future__ import annotations
 
@@ -12,17 +16,14 @@ from typing import Any
 from twin.sinks.base import SinkError
 
 
-class InfluxDB1Sink:
-    """Writes line protocol to `/write?db=...&precision=ms`; reads with InfluxQL."""
-
-    name = "influxdb1"
+class InfluxDB1Client:
+    """One database on one InfluxDB 1.x server; errors come out as `SinkError`."""
 
     def __init__(
         self, url: str, db: str, user: str | None = None, password: str | None = None
     ) -> None:
         self.url = url.rstrip("/")
         self.db = db
-        self._created = False
         self._headers: dict[str, str] = {}
         if user:
             token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
@@ -40,13 +41,7 @@ class InfluxDB1Sink:
         except OSError as exc:
             raise SinkError(f"InfluxDB at {self.url} is unreachable: {exc}") from exc
 
-    def start(self) -> None:
-        """Nothing to do: the database is created (idempotently) before the first write."""
-
     def write(self, lines: list[str]) -> None:
-        if not self._created:
-            self.query(f'CREATE DATABASE "{self.db}"')
-            self._created = True
         self._request("/write", {"db": self.db, "precision": "ms"}, "\n".join(lines).encode())
 
     def query(self, influxql: str) -> list[dict[str, Any]]:
@@ -56,6 +51,27 @@ class InfluxDB1Sink:
         if "error" in result:
             raise SinkError(f"InfluxDB query failed: {result['error']}")
         return list(result.get("series", []))
+
+
+class InfluxDB1Sink:
+    """Writes line protocol; creates the database (idempotently) before the first write."""
+
+    name = "influxdb1"
+
+    def __init__(
+        self, url: str, db: str, user: str | None = None, password: str | None = None
+    ) -> None:
+        self.client = InfluxDB1Client(url, db, user, password)
+        self._created = False
+
+    def start(self) -> None:
+        """Nothing to do: the database is created before the first write."""
+
+    def write(self, lines: list[str]) -> None:
+        if not self._created:
+            self.client.query(f'CREATE DATABASE "{self.client.db}"')
+            self._created = True
+        self.client.write(lines)
 
     def close(self) -> None:
         pass

@@ -1,4 +1,5 @@
-"""Allocations against the live fleet: solved, kept, marked when an alert hits, re-planned.
+"""The allocation ledger: allocations against the live fleet, kept, marked when an alert hits,
+re-planned.
 
 Allocations are kept in memory (they describe work about to start; a restart drops them). When a
 machine with assigned work raises a risk or offline alert, every allocation using it is marked
@@ -14,13 +15,17 @@ import time
 from typing import Any
 
 from twin.alerts import Alert
-from twin.allocation import Allocation, Machine, Task, allocate
+from twin.errors import NotFound
+from twin.model import DEFAULT_SCOPE
+from twin.planning.allocation import Allocation, Machine, Task, allocate
 from twin.risk import RiskScorer
 from twin.state import FleetState
 from twin.stream import EventHub
 
 
-class Planner:
+class AllocationLedger:
+    """Solves allocations on the live fleet and keeps them (in memory) for re-planning."""
+
     def __init__(self, state: FleetState, scorer: RiskScorer, hub: EventHub) -> None:
         self.state = state
         self.scorer = scorer
@@ -30,38 +35,35 @@ class Planner:
         self.allocations: dict[int, dict[str, Any]] = {}
 
     def machine_types(self) -> set[str]:
-        with self.state.lock:
-            return {t.type for t in self.state.twins() if t.type}
+        return {t.type for t in self.state.summaries() if t.type}
 
     def healthy_machines(self) -> dict[str, int]:
         """Per site: machines online and below the default risk limit."""
         limit = self.default_max_risk()
         counts: dict[str, int] = {}
-        with self.state.lock:
-            for t in self.state.twins():
-                if t.online and t.risk is not None and t.risk["probability"] <= limit:
-                    counts[t.site] = counts.get(t.site, 0) + 1
+        for t in self.state.summaries():
+            if t.online and t.risk is not None and t.risk.probability <= limit:
+                counts[t.site] = counts.get(t.site, 0) + 1
         return counts
 
     def default_max_risk(self) -> float:
-        model = self.scorer.models.get("default")
+        model = self.scorer.model(DEFAULT_SCOPE)
         return model.threshold if model is not None else 0.5
 
     def _fleet(self, load: dict[str, float] | None = None) -> list[Machine]:
         load = load or {}
-        with self.state.lock:
-            return [
-                Machine(
-                    t.machine,
-                    t.site,
-                    t.type,
-                    t.online,
-                    None if t.risk is None else float(t.risk["probability"]),
-                    dict(t.risk["contributions"]) if t.risk else {},
-                    load.get(t.machine, 0.0),
-                )
-                for t in self.state.twins()
-            ]
+        return [
+            Machine(
+                t.machine,
+                t.site,
+                t.type,
+                t.online,
+                None if t.risk is None else t.risk.probability,
+                {} if t.risk is None else dict(t.risk.contributions),
+                load.get(t.machine, 0.0),
+            )
+            for t in self.state.summaries()
+        ]
 
     def allocate(
         self, tasks: list[Task], horizon_min: float, max_risk: float | None
@@ -83,10 +85,15 @@ class Planner:
             self.allocations[allocation_id] = record
         return self.public(record)
 
-    def get(self, allocation_id: int) -> dict[str, Any] | None:
+    def get(self, allocation_id: int) -> dict[str, Any]:
         with self._lock:
-            record = self.allocations.get(allocation_id)
-            return None if record is None else self.public(record)
+            return self.public(self._record(allocation_id))
+
+    def _record(self, allocation_id: int) -> dict[str, Any]:
+        record = self.allocations.get(allocation_id)
+        if record is None:
+            raise NotFound(f"no allocation {allocation_id}")
+        return record
 
     @staticmethod
     def public(record: dict[str, Any]) -> dict[str, Any]:
@@ -110,12 +117,10 @@ class Planner:
                     )
                     self.hub.publish("allocation", alert.site, alert.machine, self.public(record))
 
-    def replan(self, allocation_id: int) -> dict[str, Any] | None:
+    def replan(self, allocation_id: int) -> dict[str, Any]:
         """Move the tasks of affected machines; keep every other assignment."""
         with self._lock:
-            record = self.allocations.get(allocation_id)
-            if record is None:
-                return None
+            record = self._record(allocation_id)
             affected = {x["machine"] for x in record["affected"]}
             keep = [a for a in record["assignments"] if a["machine"] not in affected]
             moving = [

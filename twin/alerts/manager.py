@@ -1,0 +1,256 @@
+"""Alert evaluation and lifecycle: one alert per (machine, rule), told to listeners as it changes.
+
+Lifecycle: an alert is `active` until its condition clears, then `cleared`; acknowledgement is
+independent of that. While a (machine, rule) has an active alert, no second one is raised, however
+many readings arrive: every evaluation runs on the journal thread, one batch after another, so
+two readings a millisecond apart cannot both raise one. Alerts are stored (`AlertStore`) and
+survive a restart; cleared ones are kept for `TWIN_ALERT_RETENTION_S`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from twin.alerts.alert import SEVERITIES, Alert, Severity
+from twin.alerts.rules import Rule
+from twin.alerts.store import AlertStore
+from twin.errors import NotFound
+from twin.state import FleetState, MachineTwin
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Alert], None]
+
+
+class AlertManager:
+    """Evaluates the rules, keeps the alerts, stores them, and tells listeners of each change."""
+
+    def __init__(
+        self,
+        state: FleetState,
+        store: AlertStore,
+        retention_s: float,
+        listeners: Sequence[Listener] = (),
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.retention_ms = int(retention_s * 1000)
+        self.listeners = tuple(listeners)
+        self.rules: list[Rule] = []
+        self._alerts: dict[int, Alert] = {}
+        self._active: dict[tuple[str, str], Alert] = {}
+        self._pending: dict[tuple[str, str], int] = {}  # condition first held at (for for_s)
+        self._unchanged: dict[tuple[str, str], tuple[float, int]] = {}  # stale: value, since
+        self._next_id = 1
+        self._last_sweep = 0.0
+        self._lock = threading.RLock()
+
+    def open(self, rules: Sequence[Rule]) -> None:
+        """Evaluate `rules` from now on; restore the stored alerts."""
+        self.rules = list(rules)
+        for alert in self.store.open():
+            self._alerts[alert.id] = alert
+            if alert.state == "active":
+                self._active[(alert.machine, alert.rule)] = alert
+        self._next_id = max(self._alerts, default=0) + 1
+        log.info("%d alert rules; %d active alerts restored", len(self.rules), len(self._active))
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- evaluation (journal thread) -----------------------------------------------------------
+
+    def evaluate(self, twins: Iterable[MachineTwin], now_ms: int | None = None) -> None:
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        with self._lock, self.store.transaction():
+            for twin in twins:
+                for rule in self.rules:
+                    self._evaluate(rule, twin, now)
+
+    def sweep(self, interval_s: float = 1.0) -> None:
+        """Time-based rules (offline by inactivity, stale) and retention, at most every interval."""
+        if time.monotonic() - self._last_sweep < interval_s:
+            return
+        self._last_sweep = time.monotonic()
+        self.evaluate(self.state.twins())
+        self._expire(int(time.time() * 1000))
+
+    def _evaluate(self, rule: Rule, twin: MachineTwin, now: int) -> None:
+        key = (twin.machine, rule.id)
+        active = self._active.get(key)
+        held, level, context = self._holds(rule, twin, active is not None, now)
+        if not held:
+            self._pending.pop(key, None)
+            if active is not None:
+                self._clear(active, now)
+            return
+        if active is None:
+            since = self._pending.setdefault(key, now)
+            if now - since < rule.for_s * 1000:
+                return
+            self._pending.pop(key, None)
+            self._raise(rule, twin, now, level, context)
+            return
+        severity = self._severity(rule, level)
+        if SEVERITIES.index(severity) > SEVERITIES.index(active.severity):  # escalate only
+            active.severity = severity
+            active.message = self._message(rule, twin, context)
+            active.updated_at = now
+            self._changed(active)
+
+    def _holds(
+        self, rule: Rule, twin: MachineTwin, active: bool, now: int
+    ) -> tuple[bool, float | None, dict[str, Any]]:
+        values = twin.values
+        if rule.kind in ("threshold", "all", "any"):
+            states = [c.holds(values, active) for c in rule.conditions]
+            held = any(states) if rule.kind == "any" else all(states)
+            signal = rule.conditions[0].signal
+            value = values[signal][0] if signal in values else None
+            return held, value, {"value": value if value is not None else float("nan")}
+        if rule.kind == "risk":
+            risk = twin.risk
+            if risk is None:
+                return False, None, {}
+            p, threshold = risk.probability, risk.threshold
+            limit = rule.clear if active and rule.clear is not None else threshold
+            context = {
+                "probability": p,
+                "threshold": threshold,
+                "model_version": risk.model_version,
+            }
+            return p >= limit, p, context
+        if rule.kind == "offline":
+            silent = now - twin.last_seen > rule.timeout_s * 1000
+            return twin.online is False or silent, None, {}
+        # stale: the value has not changed for stale_s
+        assert rule.signal is not None
+        live = values.get(rule.signal)
+        if live is None:
+            return False, None, {}
+        key = (twin.machine, rule.signal)
+        seen = self._unchanged.get(key)
+        if seen is None or seen[0] != live[0]:
+            self._unchanged[key] = (live[0], now)
+            return False, live[0], {}
+        return now - seen[1] >= rule.stale_s * 1000, live[0], {"value": live[0]}
+
+    @staticmethod
+    def _severity(rule: Rule, level: float | None) -> Severity:
+        severity = rule.severity
+        if level is None:
+            return severity
+        for candidate, threshold in rule.escalate.items():
+            if level >= threshold and SEVERITIES.index(candidate) > SEVERITIES.index(severity):
+                severity = candidate
+        return severity
+
+    @staticmethod
+    def _message(rule: Rule, twin: MachineTwin, context: dict[str, Any]) -> str:
+        try:
+            return rule.message.format(
+                machine=twin.machine, site=twin.site, rule=rule.id, **context
+            )
+        except (KeyError, ValueError, IndexError):
+            return f"{twin.machine}: {rule.id}"
+
+    def _raise(
+        self, rule: Rule, twin: MachineTwin, now: int, level: float | None, context: dict[str, Any]
+    ) -> None:
+        alert = Alert(
+            id=self._next_id,
+            machine=twin.machine,
+            site=twin.site,
+            rule=rule.id,
+            kind=rule.kind,
+            severity=self._severity(rule, level),
+            state="active",
+            message=self._message(rule, twin, context),
+            raised_at=now,
+            updated_at=now,
+            model_version=context.get("model_version"),
+        )
+        self._next_id += 1
+        self._alerts[alert.id] = alert
+        self._active[(twin.machine, rule.id)] = alert
+        log.info("alert %d raised: %s (%s)", alert.id, alert.message, alert.severity)
+        self._changed(alert)
+
+    def _clear(self, alert: Alert, now: int) -> None:
+        alert.state = "cleared"
+        alert.cleared_at = now
+        alert.updated_at = now
+        del self._active[(alert.machine, alert.rule)]
+        log.info("alert %d cleared: %s", alert.id, alert.message)
+        self._changed(alert)
+
+    def _changed(self, alert: Alert) -> None:
+        self.store.save(alert)
+        for listener in self.listeners:
+            listener(alert)
+
+    def _expire(self, now: int) -> None:
+        with self._lock:
+            old = [
+                a.id
+                for a in self._alerts.values()
+                if a.state == "cleared" and a.cleared_at and now - a.cleared_at > self.retention_ms
+            ]
+            for alert_id in old:
+                del self._alerts[alert_id]
+            if old:
+                self.store.delete(old)
+
+    # -- reading and acknowledging (API threads) ---------------------------------------------
+
+    def get(self, alert_id: int) -> Alert:
+        with self._lock:
+            alert = self._alerts.get(alert_id)
+        if alert is None:
+            raise NotFound(f"no alert {alert_id}")
+        return alert
+
+    def active_for(self, machine: str) -> list[Alert]:
+        with self._lock:
+            return [a for (m, _), a in self._active.items() if m == machine]
+
+    def query(
+        self,
+        *,
+        machine: str | None = None,
+        site: str | None = None,
+        state: str | None = None,
+        severity: str | None = None,
+        acknowledged: bool | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[int, list[Alert]]:
+        """Newest first."""
+        with self._lock:
+            found = [
+                a
+                for a in reversed(self._alerts.values())
+                if (machine is None or a.machine == machine)
+                and (site is None or a.site == site)
+                and (state is None or a.state == state)
+                and (severity is None or a.severity == severity)
+                and (acknowledged is None or a.acknowledged is acknowledged)
+            ]
+        return len(found), found[offset : offset + limit]
+
+    def acknowledge(self, alert_id: int, by: str | None, comment: str | None) -> Alert:
+        with self._lock:
+            alert = self.get(alert_id)
+            if not alert.acknowledged:
+                now = int(time.time() * 1000)
+                alert.acknowledged = True
+                alert.acknowledged_by = by
+                alert.acknowledged_at = now
+                alert.comment = comment
+                alert.updated_at = now
+                self._changed(alert)
+            return alert

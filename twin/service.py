@@ -1,0 +1,207 @@
+"""The composition root: the running twin, built in the order its data flows.
+
+    MQTT -> Ingest -> Inbox -> Pipeline: Journal (commit) + decode/apply -> FleetState
+         -> react: RiskScorer -> AlertManager -> Outbound (MQTT twin/alert, /stream) + sinks
+    Journal -> Forwarder (one per sink) -> InfluxDB;  FleetState -> the HTTP API
+
+Every collaborator is passed to a constructor; nothing is wired by assignment afterwards.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+
+from twin import sinks
+from twin.alerts import AlertManager, AlertStore, load_rules
+from twin.backup import DataDirLock
+from twin.config import Settings
+from twin.deadletters import DeadLetters
+from twin.forwarder import Forwarder
+from twin.history import HistoryOutbox, HistoryPolicy, HistoryStore
+from twin.ingest import Ingest
+from twin.journal import Journal
+from twin.messages import Limits
+from twin.model import Registry
+from twin.model.fleet import FEATURE_WINDOW_MS
+from twin.outbound import Outbound
+from twin.pipeline import Inbox, Pipeline
+from twin.planning import AllocationLedger
+from twin.risk import RiskScorer
+from twin.state import FleetState, MachineTwin
+from twin.status import ReadingTotals, ScoringStatus, StreamStatus, TwinStatus
+from twin.stream import EventHub
+from twin.timeseries import History
+from twin.topics import Topics
+from twin.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+class Twin:
+    """The running service. The constructor only builds; `start` and `stop` do the I/O."""
+
+    def __init__(self, settings: Settings) -> None:
+        s = self.settings = settings
+        self.topics = Topics(s.topic_root)
+        limits = Limits(s.max_payload_bytes, s.max_batch, int(s.max_future_s * 1000))
+        self.lock = DataDirLock(s.data_dir)
+
+        # State, and where it is kept.
+        outbox = HistoryOutbox()
+        self.state = FleetState(
+            s.recent_readings,
+            s.stats_window_s,
+            HistoryPolicy(s.history_bucket_s * 1000, FEATURE_WINDOW_MS),
+            outbox,
+        )
+        self.journal = Journal(s.journal_path, s.journal_max_rows, s.journal_sync)
+        self.history_store = HistoryStore(s.journal_path)
+        self.deadletters = DeadLetters(s.deadletter_max)
+
+        # The front end: MQTT in, into the inbox; MQTT out, for the outbound side.
+        self.inbox = Inbox()
+        self.ingest = Ingest(s, self.topics, self.inbox.put)
+
+        # What goes out: sinks (from the journal), the stream, MQTT twin and alert topics.
+        self.forwarders = [
+            Forwarder(
+                sink,
+                s.journal_path,
+                lambda: self.journal.last_id,
+                self._counts,
+                self.topics,
+                limits,
+                batch=s.sink_batch,
+                max_delay_s=s.sink_max_delay_ms / 1000,
+            )
+            for sink in sinks.build(s)
+        ]
+        self.hub = EventHub(client_buffer=s.stream_buffer, heartbeat_s=s.stream_heartbeat_s)
+        self.outbound = Outbound(
+            self.state, self.topics, self.ingest.publish, self.hub, s.twin_publish_interval_s
+        )
+
+        # The reactions to each durable batch: model, then alerts, then what goes out.
+        self.registry = Registry(s.models_dir)
+        self.scorer = RiskScorer(
+            self.state,
+            self.registry,
+            s.score_interval_ms / 1000,
+            listeners=[f.risks for f in self.forwarders],
+        )
+        self.planner = AllocationLedger(self.state, self.scorer, self.hub)
+        self.alerts = AlertManager(
+            self.state,
+            AlertStore(s.journal_path),
+            s.alert_retention_s,
+            listeners=[
+                self.outbound.alert,
+                *(f.alert for f in self.forwarders),
+                self.planner.on_alert,
+            ],
+        )
+        self.pipeline = Pipeline(
+            self.inbox,
+            self.journal,
+            self.history_store,
+            outbox,
+            self.state,
+            self.deadletters,
+            self.topics,
+            limits,
+            ack=self.ingest.ack,
+            react=self._react,
+            commit_ms=s.journal_commit_ms,
+            snapshot_interval_s=s.snapshot_interval_s,
+        )
+
+        # Beside the flow: training, and history read back for the API.
+        self.trainer = Trainer(
+            self.history_store, self.registry, self.scorer, self.state, s.history_bucket_s * 1000
+        )
+        self.history = History(self.state, sinks.reader(s))
+        self.started_at = time.monotonic()
+        self.running = False
+
+    def _react(self, changed: set[MachineTwin]) -> None:
+        """After each durable batch (and when idle): model, then alerts, then what goes out."""
+        scored = self.scorer.observe(changed)
+        touched = changed | scored
+        self.alerts.evaluate(touched)
+        self.alerts.sweep()
+        self.outbound.twins(touched)
+
+    def _counts(self) -> tuple[int, int, int]:
+        totals = self.state.totals
+        return totals.received, totals.duplicates, totals.rejected
+
+    def start(self) -> None:
+        """Open the stores, restore and replay, connect. Does nothing when already running."""
+        if self.running:
+            return
+        self.started_at = time.monotonic()
+        rules = load_rules(self.settings.alert_rules)  # a bad file stops start-up
+        self.lock.acquire()  # one twin per data directory
+        try:
+            self.journal.open()
+            self.alerts.open(rules)
+            self.history_store.open()
+            self.scorer.start()
+            self.pipeline.start()
+            self.scorer.flush()  # what the replay restored is scored before new messages arrive
+            for forwarder in self.forwarders:
+                forwarder.start()
+            # Start-up leaves ~120,000 long-lived objects (scikit-learn, scipy, the models) that
+            # every full collection would scan again; frozen, the collector skips them
+            # (measured: 0.25 us of GC per reading on the ingest path before, none after).
+            gc.freeze()
+            self.ingest.start()
+        except BaseException:
+            self.running = True  # so stop() undoes what did start
+            self.stop()
+            raise
+        self.running = True
+
+    def stop(self) -> None:
+        if not self.running:
+            return
+        # Flush first, while the broker connection can still carry the acknowledgements.
+        self.pipeline.stop()
+        self.ingest.stop()
+        for forwarder in self.forwarders:
+            forwarder.stop()
+        self.history_store.close()
+        self.alerts.close()
+        self.journal.close()
+        self.lock.release()
+        self.running = False
+        log.info("stopped")
+
+    def status(self) -> TwinStatus:
+        """One snapshot of counters, lags and connections, for `/health` and `/metrics`."""
+        journal = self.pipeline.status()
+        sink_status = [forwarder.status() for forwarder in self.forwarders]
+        totals = self.state.totals
+        problems = []
+        if not self.ingest.connected:
+            problems.append("not connected to the MQTT broker")
+        if journal.failure:
+            problems.append(f"journal failed: {journal.failure}")
+        problems += [f"sink {s.name} failing: {s.last_error}" for s in sink_status if s.last_error]
+        return TwinStatus(
+            status="degraded" if problems else "ok",
+            problems=problems,
+            broker_connected=self.ingest.connected,
+            uptime_s=round(time.monotonic() - self.started_at, 3),
+            machines=len(self.state),
+            readings=ReadingTotals(totals.received, totals.duplicates, totals.rejected),
+            rejections=dict(self.deadletters.by_reason),
+            journal=journal,
+            sinks=sink_status,
+            stream=StreamStatus(self.hub.clients, dict(self.hub.dropped)),
+            scoring=ScoringStatus(
+                len(self.scorer.models()), self.scorer.scored, round(self.scorer.seconds, 3)
+            ),
+        )
