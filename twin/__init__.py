@@ -1,6 +1,27 @@
 """factory-twin: digital twins of a manufacturing fleet over MQTT."""
 
 from twin.config import Settings
-from twin.errors import BrokerError, ConfigError, JournalError, TwinError
+from twin.errors import (
+    BrokerError,
+    ConfigError,
+    Conflict,
+    InvalidRequest,
+    JournalError,
+    NotFound,
+    StorageError,
+    TwinError,
+    Unavailable,
+)
 
-__all__ = ["BrokerError", "ConfigError", "JournalError", "Settings", "TwinError"]
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "Conflict",
+    "InvalidRequest",
+    "JournalError",
+    "NotFound",
+    "Settings",
+    "StorageError",
+    "TwinError",
+    "Unavailable",
+]

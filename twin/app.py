@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from twin.api import install
+from twin.api.router import install
 from twin.config import Settings
 from twin.service import Twin
 

@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from twin.deadletters import DeadLetters
-from twin.errors import JournalError
+from twin.errors import StorageError
 from twin.history import HistoryOutbox, HistoryStore
 from twin.journal import Journal
 from twin.messages import Decoded, Limits, RawMessage, Rejection, decode
@@ -182,7 +182,7 @@ class Pipeline:
             else:
                 try:
                     self._commit(batch)
-                except JournalError as exc:
+                except StorageError as exc:  # the journal, or the history beside it
                     # Nothing more can be made durable: stop acknowledging, so the broker keeps
                     # every message for the next start.
                     self.failure = str(exc)

@@ -1,5 +1,5 @@
-"""The HTTP API: one router per resource, included by `install`."""
+"""The HTTP API: one router per resource, included by `twin.api.router.install`.
 
-from twin.api.router import install
-
-__all__ = ["install"]
+Nothing is imported here, so `twin.api.schemas` can be imported without the service (and
+without scikit-learn).
+"""
