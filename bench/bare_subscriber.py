@@ -1,7 +1,8 @@
 """The baseline: a bare paho-mqtt subscriber that only counts (run by bench.ingest).
 
 Persistent session, QoS 1, acknowledging each message as paho does by default. Prints one JSON
-line: messages received and the seconds from CONNACK to the last expected message.
+line: messages received, the seconds from CONNACK to the last expected message, and the wall
+time of that last message (`last_at`, for a clock started by the publisher).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def main() -> int:
     args = parser.parse_args()
 
     done = threading.Event()
-    state: dict[str, Any] = {"count": 0, "t0": None, "t1": None}
+    state: dict[str, Any] = {"count": 0, "t0": None, "t1": None, "last_at": None}
 
     def on_connect(client: mqtt.Client, *_: Any) -> None:
         state["t0"] = time.perf_counter()
@@ -43,6 +44,7 @@ def main() -> int:
         state["count"] += 1
         if state["count"] >= args.expect:
             state["t1"] = time.perf_counter()
+            state["last_at"] = time.time()
             done.set()
 
     client = mqtt.Client(
@@ -62,7 +64,8 @@ def main() -> int:
     client.disconnect()
     client.loop_stop()
     seconds = (state["t1"] - state["t0"]) if state["t1"] else 0.0
-    print(msgspec.json.encode({"messages": state["count"], "seconds": seconds}).decode())
+    result = {"messages": state["count"], "seconds": seconds, "last_at": state["last_at"]}
+    print(msgspec.json.encode(result).decode())
     return 0
 
 
