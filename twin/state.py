@@ -62,6 +62,9 @@ class MachineTwin:
         "_max_seq",
         "_min_seq",
         "_missing",
+        "_public",
+        "_stats",
+        "changes",
         "counters",
         "first_seen",
         "history",
@@ -101,6 +104,9 @@ class MachineTwin:
         self._max_seq: int | None = None
         self._min_seq = 0
         self._missing: set[int] = set()
+        self.changes = 0  # every change of anything `public` shows (the revision counts fewer)
+        self._public: tuple[int, float, dict[str, Any]] | None = None  # by `changes`
+        self._stats: tuple[int, float, dict[str, dict[str, float]]] | None = None  # by revision
         self._ids: set[tuple[Any, ...]] = set()
         self._ids_order: deque[tuple[Any, ...]] = deque()
         self.history = history  # buckets of event time, and the events fleet features use
@@ -202,32 +208,41 @@ class MachineTwin:
     # -- reading ----------------------------------------------------------------------------
 
     def stats(self, window_ms: float) -> dict[str, dict[str, float]]:
-        """count/mean/min/max per signal over the readings within `window_ms` of the newest."""
+        """count/mean/min/max per signal over the readings within `window_ms` of the newest.
+
+        Kept until the next applied reading (the revision), so a twin published and read
+        several times between two readings is summed once; treat the result as read-only.
+        """
+        cached = self._stats
+        if cached is not None and cached[0] == self.revision and cached[1] == window_ms:
+            return cached[2]
         since = self.latest_ts - window_ms
-        acc: dict[str, list[float]] = {}
-        for ts, values in self.recent:
-            if ts < since:
-                continue
-            for name, value in values.items():
-                slot = acc.get(name)
-                if slot is None:
-                    acc[name] = [1, value, value, value]
-                else:
-                    slot[0] += 1
-                    slot[1] += value
-                    if value < slot[2]:
-                        slot[2] = value
-                    if value > slot[3]:
-                        slot[3] = value
-        return {
-            name: {"count": n, "mean": total / n, "min": lo, "max": hi}
-            for name, (n, total, lo, hi) in acc.items()
-        }
+        rows = [values for ts, values in self.recent if ts >= since]
+        out: dict[str, dict[str, float]] = {}
+        for name in self.values:  # column by column: the builtins do the sums, not a loop
+            try:
+                column = [values[name] for values in rows]
+            except KeyError:  # a signal some readings did not carry
+                column = [values[name] for values in rows if name in values]
+            if column:
+                n = len(column)
+                out[name] = {
+                    "count": n,
+                    "mean": sum(column) / n,
+                    "min": min(column),
+                    "max": max(column),
+                }
+        self._stats = (self.revision, window_ms, out)
+        return out
 
     def public(self, window_ms: float) -> dict[str, Any]:
-        """The twin as the API and MQTT serve it."""
+        """The twin as the API and MQTT serve it; kept until the twin next changes, so a fleet
+        read serialises prepared data. Read-only: copy it to add to it."""
+        cached = self._public
+        if cached is not None and cached[0] == self.changes and cached[1] == window_ms:
+            return cached[2]
         c = self.counters
-        return {
+        public = {
             "machine": self.machine,
             "site": self.site,
             "type": self.type,
@@ -249,6 +264,8 @@ class MachineTwin:
             "risk": None if self.risk is None else self.risk.public(),
             "risk_reason": self.risk_reason,
         }
+        self._public = (self.changes, window_ms, public)
+        return public
 
     @property
     def probability(self) -> float:
@@ -358,6 +375,7 @@ class FleetState:
             if twin is None:
                 twin = self._new(address.machine, address.site, received_ms)
                 self._add(twin)
+            twin.changes += 1
             twin.last_seen = max(twin.last_seen, received_ms)
             if decoded.rejections:
                 twin.reject(decoded.rejections)
@@ -382,6 +400,7 @@ class FleetState:
         with self._lock:
             for twin, risk, reason in scored:
                 twin.risk, twin.risk_reason = risk, reason
+                twin.changes += 1
 
     def twins(self) -> list[MachineTwin]:
         """Every twin, for the journal thread (the writer) to read without the lock."""
