@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import feed_pipeline
 from tests.services import Mosquitto, wait_until
-from twin.alerts import AlertManager, AlertStore, Rule, load_rules
+from twin.alerts import Alert, AlertManager, AlertStore, Rule, load_rules
 from twin.app import create_app
 from twin.config import Settings
 from twin.errors import ConfigError
@@ -318,3 +318,25 @@ def test_simulated_fleet_raises_risk_alerts_one_at_a_time_and_offline_alerts_whe
             15,
             "an offline alert per machine",
         )
+
+
+def test_changes_in_one_evaluation_are_stored_together_as_they_ended(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path / "a.db")
+    store.open()
+    alert = Alert(1, "m1", "s1", "hot", "threshold", "major", "active", "m1: hot", T0, T0)
+    with store.transaction():
+        store.save(alert)
+        alert.state, alert.cleared_at = "cleared", T0 + 1
+        store.save(alert)
+        assert stored(tmp_path / "a.db") == []  # nothing written before the end
+    store.close()
+    (kept,) = stored(tmp_path / "a.db")
+    assert (kept.state, kept.cleared_at) == ("cleared", T0 + 1)
+
+
+def stored(path: Path) -> list[Alert]:
+    reader = AlertStore(path)
+    try:
+        return reader.open()
+    finally:
+        reader.close()

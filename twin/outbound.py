@@ -13,7 +13,6 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
 
 import msgspec
 
@@ -47,9 +46,9 @@ class Outbound:
         self._order = itertools.count()
 
     def alert(self, alert: Alert) -> None:
-        body = asdict(alert)
-        self.publish(self.topics.alert(alert.site, alert.machine), msgspec.json.encode(body), False)
-        self.hub.publish("alert", alert.site, alert.machine, body)
+        body = msgspec.json.encode(alert)  # msgspec encodes the dataclass's fields directly
+        self.publish(self.topics.alert(alert.site, alert.machine), body, False)
+        self.hub.publish_json("alert", alert.site, alert.machine, body)
 
     def twins(self, changed: Iterable[MachineTwin]) -> None:
         """Publish changed twins whose interval is up; keep the others for a later call."""
@@ -67,9 +66,7 @@ class Outbound:
         self._waiting.difference_update(due)
         window_ms = self.state.window_ms
         for twin in due:  # on the journal thread, the state's writer: no lock needed to read
-            public = twin.public(window_ms)
-            self.publish(
-                self.topics.twin(twin.site, twin.machine), msgspec.json.encode(public), True
-            )
-            self.hub.publish("twin", twin.site, twin.machine, public)
+            body = msgspec.json.encode(twin.public(window_ms))
+            self.publish(self.topics.twin(twin.site, twin.machine), body, True)
+            self.hub.publish_json("twin", twin.site, twin.machine, body)
             self._sent[twin.machine] = now

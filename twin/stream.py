@@ -66,7 +66,10 @@ class EventHub:
         return len(self._clients)
 
     def publish(self, kind: str, site: str, machine: str, payload: Any) -> None:
-        data = msgspec.json.encode(payload)
+        self.publish_json(kind, site, machine, msgspec.json.encode(payload))
+
+    def publish_json(self, kind: str, site: str, machine: str, data: bytes) -> None:
+        """`publish` for a payload that is JSON already (encoded once for MQTT and the stream)."""
         with self._lock:
             event = Event(self._next_id, kind, site, machine, data)
             self._next_id += 1

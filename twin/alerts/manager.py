@@ -42,7 +42,7 @@ class AlertManager:
         self.listeners = tuple(listeners)
         self.rules: list[Rule] = []
         self._alerts: dict[int, Alert] = {}
-        self._active: dict[tuple[str, str], Alert] = {}
+        self._active: dict[str, dict[str, Alert]] = {}  # machine -> rule -> its active alert
         self._pending: dict[tuple[str, str], int] = {}  # condition first held at (for for_s)
         self._unchanged: dict[tuple[str, str], tuple[float, int]] = {}  # stale: value, since
         self._next_id = 1
@@ -55,9 +55,10 @@ class AlertManager:
         for alert in self.store.open():
             self._alerts[alert.id] = alert
             if alert.state == "active":
-                self._active[(alert.machine, alert.rule)] = alert
+                self._active.setdefault(alert.machine, {})[alert.rule] = alert
         self._next_id = max(self._alerts, default=0) + 1
-        log.info("%d alert rules; %d active alerts restored", len(self.rules), len(self._active))
+        active = sum(len(rules) for rules in self._active.values())
+        log.info("%d alert rules; %d active alerts restored", len(self.rules), active)
 
     def close(self) -> None:
         self.store.close()
@@ -81,7 +82,7 @@ class AlertManager:
 
     def _evaluate(self, rule: Rule, twin: MachineTwin, now: int) -> None:
         key = (twin.machine, rule.id)
-        active = self._active.get(key)
+        active = self._active.get(twin.machine, {}).get(rule.id)
         held, level, context = self._holds(rule, twin, active is not None, now)
         if not held:
             self._pending.pop(key, None)
@@ -176,7 +177,7 @@ class AlertManager:
         )
         self._next_id += 1
         self._alerts[alert.id] = alert
-        self._active[(twin.machine, rule.id)] = alert
+        self._active.setdefault(twin.machine, {})[rule.id] = alert
         log.info("alert %d raised: %s (%s)", alert.id, alert.message, alert.severity)
         self._changed(alert)
 
@@ -184,7 +185,10 @@ class AlertManager:
         alert.state = "cleared"
         alert.cleared_at = now
         alert.updated_at = now
-        del self._active[(alert.machine, alert.rule)]
+        rules = self._active[alert.machine]
+        del rules[alert.rule]
+        if not rules:
+            del self._active[alert.machine]
         log.info("alert %d cleared: %s", alert.id, alert.message)
         self._changed(alert)
 
@@ -216,7 +220,7 @@ class AlertManager:
 
     def active_for(self, machine: str) -> list[Alert]:
         with self._lock:
-            return [a for (m, _), a in self._active.items() if m == machine]
+            return list(self._active.get(machine, {}).values())
 
     def query(
         self,

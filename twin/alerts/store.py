@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 from twin import database
@@ -24,14 +23,22 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state, machine);
 """
 _FIELDS = list(Alert.__dataclass_fields__)
+_UPSERT = (
+    f"INSERT OR REPLACE INTO alerts ({', '.join(_FIELDS)}) VALUES ({', '.join('?' * len(_FIELDS))})"
+)
 
 
 class AlertStore:
-    """Loads every stored alert at start, then writes each change; one writer at a time."""
+    """Loads every stored alert at start, then writes each change; one writer at a time.
+
+    Changes saved inside `transaction()` are written together when it ends, in one statement
+    and one commit (an alert changed twice in it is written once, as it ended).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self._unsaved: dict[int, Alert] | None = None  # inside a transaction
 
     def open(self) -> list[Alert]:
         """Open the table and return the alerts stored in it, oldest first."""
@@ -55,32 +62,40 @@ class AlertStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One commit for all the changes inside, not one (and one fsync) per alert."""
-        db = self._db
-        if db is None or db.in_transaction:
+        """One statement and one commit for all the changes inside, not one per alert."""
+        if self._unsaved is not None:
             yield
             return
-        db.execute("BEGIN")
+        self._unsaved = {}
         try:
             yield
         finally:
-            db.execute("COMMIT")
+            unsaved, self._unsaved = self._unsaved, None
+            self._write(list(unsaved.values()))
 
     def save(self, alert: Alert) -> None:
-        if self._db is None:
+        if self._unsaved is not None:
+            self._unsaved[alert.id] = alert
+        else:
+            self._write([alert])
+
+    def _write(self, alerts: list[Alert]) -> None:
+        if self._db is None or not alerts:
             return
-        row = asdict(alert)
+        rows = [[getattr(alert, f) for f in _FIELDS] for alert in alerts]
         try:
-            self._db.execute(
-                f"INSERT OR REPLACE INTO alerts ({', '.join(_FIELDS)}) "
-                f"VALUES ({', '.join('?' * len(_FIELDS))})",
-                [row[f] for f in _FIELDS],
-            )
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(_UPSERT, rows)
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot store alert {alert.id}: {exc}") from exc
+            raise StorageError(f"cannot store {len(rows)} alert changes: {exc}") from exc
 
     def delete(self, ids: Iterable[int]) -> None:
         if self._db is None:
             return
-        with self.transaction():
-            self._db.executemany("DELETE FROM alerts WHERE id = ?", [(i,) for i in ids])
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany("DELETE FROM alerts WHERE id = ?", [(i,) for i in ids])
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot delete expired alerts: {exc}") from exc
