@@ -5,7 +5,9 @@ this one polls the twin's `/health` every 20 ms (one request at a time, as a loa
 health check would) before the storm, while the machines connect and send their first readings,
 and in the steady state after. It prints the latency percentiles per phase against the target
 (answers within a second throughout), how long until the twin had seen every machine, and the
-twin's peak memory. Run: `python -m bench.connect_storm [--machines N] [--steady S]`.
+twin's peak memory; with two fleet sizes, the memory per machine (the difference of the peak
+RSS over the difference of machines). Run:
+`python -m bench.connect_storm [--machines 1000 10000] [--rate 1] [--steady S]`.
 """
 
 from __future__ import annotations
@@ -59,13 +61,8 @@ def elapsed(seconds: float) -> Any:
     return lambda _: time.monotonic() > end
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--machines", type=int, default=10_000)
-    parser.add_argument("--rate", type=float, default=1.0, help="readings per machine per second")
-    parser.add_argument("--steady", type=float, default=20.0, help="seconds after the storm")
-    args = parser.parse_args()
-
+def storm(machines: int, rate: float, steady_s: float) -> dict[str, Any]:
+    """One storm: `machines` connect at once, then run steadily for `steady_s`."""
     with tempfile.TemporaryDirectory() as tmp:
         broker = Mosquitto()
         broker.start()
@@ -86,18 +83,18 @@ def main() -> int:
                     "-m",
                     "devices",
                     "--machines",
-                    str(args.machines),
+                    str(machines),
                     "--rate",
-                    str(args.rate),
+                    str(rate),
                     "--mqtt-url",
                     broker.url,
                 ],
                 env={**os.environ, **env},
             )
-            storm, answer = poll(twin, lambda a: a["machines"] >= args.machines)
+            storm, answer = poll(twin, lambda a: a["machines"] >= machines)
             all_seen_s = time.monotonic() - storm_started
             received, steady_started = answer["readings"]["received"], time.monotonic()
-            steady, answer = poll(twin, elapsed(args.steady))
+            steady, answer = poll(twin, elapsed(steady_s))
             applied_per_s = (answer["readings"]["received"] - received) / (
                 time.monotonic() - steady_started
             )
@@ -111,40 +108,65 @@ def main() -> int:
                 devices.wait(120)
             twin.close()
             broker.close()
-
     phases = {
         "before": percentiles(before),
         "storm": percentiles(storm),
         "steady": percentiles(steady),
     }
-    worst = max(p["max_ms"] for p in phases.values()) / 1000
-    print(f"{args.machines} machines at {args.rate} Hz; GET /health latency per phase:")
-    print("phase      polls   p50 ms   p95 ms   p99 ms   max ms")
-    for name, p in phases.items():
+    return {
+        "machines": machines,
+        "rate_hz": rate,
+        "phases": phases,
+        "all_seen_s": round(all_seen_s, 1),
+        "steady_applied_per_s": round(applied_per_s),
+        "steady_applied_of_sent": round(applied_per_s / (machines * rate), 3),
+        "twin_readings": answer["readings"],
+        "twin_peak_rss_kib": peak_kib,
+        "worst_over_target": round(max(p["max_ms"] for p in phases.values()) / 1000 / TARGET_S, 3),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--machines",
+        type=int,
+        nargs="+",
+        default=[10_000],
+        help="fleet sizes, one storm each; two or more also give the memory per machine",
+    )
+    parser.add_argument("--rate", type=float, default=1.0, help="readings per machine per second")
+    parser.add_argument("--steady", type=float, default=20.0, help="seconds after the storm")
+    args = parser.parse_args()
+    results = [storm(machines, args.rate, args.steady) for machines in args.machines]
+    for r in results:
+        print(f"{r['machines']} machines at {r['rate_hz']} Hz; GET /health latency per phase:")
+        print("phase      polls   p50 ms   p95 ms   p99 ms   max ms")
+        for name, p in r["phases"].items():
+            print(
+                f"{name:<8} {p['n']:>7} {p['p50_ms']:>8} {p['p95_ms']:>8} {p['p99_ms']:>8} "
+                f"{p['max_ms']:>8}"
+            )
+        sent = r["machines"] * r["rate_hz"]
         print(
-            f"{name:<8} {p['n']:>7} {p['p50_ms']:>8} {p['p95_ms']:>8} {p['p99_ms']:>8} "
-            f"{p['max_ms']:>8}"
+            f"every machine seen by the twin after {r['all_seen_s']:.1f} s; twin peak RSS "
+            f"{r['twin_peak_rss_kib'] / 1024:.0f} MiB; in the steady phase the twin applied "
+            f"{r['steady_applied_per_s']} readings/s of the {sent:.0f}/s sent "
+            f"({r['steady_applied_of_sent']:.2f})"
         )
-    print(
-        f"every machine seen by the twin after {all_seen_s:.1f} s; twin peak RSS "
-        f"{peak_kib / 1024:.0f} MiB; in the steady phase the twin applied {applied_per_s:.0f} "
-        f"readings/s of the {args.machines * args.rate:.0f}/s the machines send"
-    )
-    print(f"worst answer {worst:.3f} s = {worst / TARGET_S:.2f} x the {TARGET_S:.0f} s target")
-    print(
-        json.dumps(
-            {
-                "machines": args.machines,
-                "rate_hz": args.rate,
-                "phases": phases,
-                "all_seen_s": round(all_seen_s, 1),
-                "steady_applied_per_s": round(applied_per_s),
-                "twin_readings": answer["readings"],
-                "twin_peak_rss_mib": peak_kib // 1024,
-                "worst_over_target": round(worst / TARGET_S, 3),
-            }
+        print(f"worst answer = {r['worst_over_target']:.2f} x the {TARGET_S:.0f} s target")
+    if len(results) > 1:
+        small, large = (
+            min(results, key=lambda r: r["machines"]),
+            max(results, key=lambda r: r["machines"]),
         )
-    )
+        extra = large["machines"] - small["machines"]
+        per = (large["twin_peak_rss_kib"] - small["twin_peak_rss_kib"]) / extra
+        print(
+            f"memory per machine: ({large['twin_peak_rss_kib']} - {small['twin_peak_rss_kib']}) "
+            f"KiB / {extra} machines = {per:.1f} KiB"
+        )
+    print(json.dumps(results))
     return 0
 
 
