@@ -340,3 +340,15 @@ def stored(path: Path) -> list[Alert]:
         return reader.open()
     finally:
         reader.close()
+
+
+def test_the_sweep_raises_a_condition_once_it_has_held_its_duration(tmp_path: Path) -> None:
+    state, alerts = manager(
+        tmp_path, Rule(id="hot", kind="threshold", signal="t", above=100, for_s=0.1)
+    )
+    alerts.sweep(interval_s=0)  # the first sweep evaluates every rule once
+    reading(state, alerts, int(time.time() * 1000), t=101)
+    assert states(alerts) == []  # held, not yet for 0.1 s
+    time.sleep(0.15)
+    alerts.sweep(interval_s=0)  # no new reading: time alone completes it
+    assert states(alerts) == [("hot", "active", "major")]

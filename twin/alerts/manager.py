@@ -24,6 +24,7 @@ from twin.state import FleetState, MachineTwin
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Alert], None]
+_TIMED = ("offline", "stale")  # kinds whose condition can change with time alone
 
 
 class AlertManager:
@@ -47,6 +48,7 @@ class AlertManager:
         self._unchanged: dict[tuple[str, str], tuple[float, int]] = {}  # stale: value, since
         self._next_id = 1
         self._last_sweep = 0.0
+        self._swept = False
         self._lock = threading.RLock()
 
     def open(self, rules: Sequence[Rule]) -> None:
@@ -73,12 +75,29 @@ class AlertManager:
                     self._evaluate(rule, twin, now)
 
     def sweep(self, interval_s: float = 1.0) -> None:
-        """Time-based rules (offline by inactivity, stale) and retention, at most every interval."""
+        """What time alone can change, at most every interval: offline by silence, stale values,
+        conditions waiting out `for_s`; and retention. The first sweep evaluates every rule on
+        every twin once (twins restored at start, rules added since)."""
         if time.monotonic() - self._last_sweep < interval_s:
             return
         self._last_sweep = time.monotonic()
-        self.evaluate(self.state.twins())
-        self._expire(int(time.time() * 1000))
+        now = int(time.time() * 1000)
+        twins = self.state.twins()
+        if not self._swept:
+            self._swept = True
+            self.evaluate(twins, now)
+        else:
+            timed = [rule for rule in self.rules if rule.kind in _TIMED]
+            by_id = {rule.id: rule for rule in self.rules if rule.kind not in _TIMED}
+            with self._lock, self.store.transaction():
+                for twin in twins:
+                    for rule in timed:
+                        self._evaluate(rule, twin, now)
+                for machine, rule_id in list(self._pending):
+                    waiting, pending = by_id.get(rule_id), self.state.twin(machine)
+                    if waiting is not None and pending is not None:
+                        self._evaluate(waiting, pending, now)
+        self._expire(now)
 
     def _evaluate(self, rule: Rule, twin: MachineTwin, now: int) -> None:
         key = (twin.machine, rule.id)
