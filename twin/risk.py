@@ -195,14 +195,10 @@ class RiskScorer:
         for model, scored, rows in batches.values():
             probabilities, contributions = model.score(np.asarray(rows))
             risks = [
-                Risk(
-                    float(p),
-                    model.version,
-                    model.threshold,
-                    now,
-                    MappingProxyType(model.explain(c)),
+                Risk(p, model.version, model.threshold, now, MappingProxyType(explained))
+                for p, explained in zip(
+                    probabilities.tolist(), model.explain(contributions), strict=True
                 )
-                for p, c in zip(probabilities, contributions, strict=True)
             ]
             self.state.set_risks((t, r, None) for t, r in zip(scored, risks, strict=True))
             fresh = [(t.site, t.machine, r) for t, r in zip(scored, risks, strict=True)]

@@ -63,10 +63,16 @@ class Predictor:
         contributions = ((Z - self._mean) * self._w) @ self._group_matrix
         return probabilities, contributions
 
-    def explain(self, contributions: np.ndarray) -> dict[str, float]:
-        """One row's contributions by group, largest magnitude first."""
-        order = np.argsort(-np.abs(contributions))
-        return {self.groups[i]: round(float(contributions[i]), 4) for i in order}
+    def explain(self, contributions: np.ndarray) -> list[dict[str, float]]:
+        """Each row's contributions by group, largest magnitude first (one sort for all rows)."""
+        rows = np.atleast_2d(contributions)
+        groups = self.groups
+        return [
+            {groups[i]: round(row[i], 4) for i in order}
+            for row, order in zip(
+                rows.tolist(), np.argsort(-np.abs(rows), axis=1).tolist(), strict=True
+            )
+        ]
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
