@@ -49,7 +49,7 @@ def get_machine(state: StateDep, alerts: AlertsDep, machine: str) -> Response:
 
 
 def _with_alerts(alerts: AlertManager, machine: dict[str, Any]) -> dict[str, Any]:
-    """The twin with its active alerts (a new dict: the twin's own is shared and read-only)."""
+    """The twin with its active alerts."""
     return {**machine, "alerts": alerts.active_for(machine["machine"])}
 
 
