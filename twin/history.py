@@ -14,7 +14,7 @@ closed count in the live state but not in the history buckets.
 from __future__ import annotations
 
 import sqlite3
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -109,8 +109,10 @@ class LiveHistory:
         self._seen = 0  # readings in the open bucket
         self._stride = 1  # accumulate every stride-th reading (bounded work at high rates)
         self._next_sample = 1  # the reading count at which to accumulate next
-        self.buckets: deque[Bucket] = deque()
-        self.errors: deque[tuple[int, str]] = deque()  # (ts, code) within the longest window
+        # Lists, not deques: an empty deque takes 760 bytes, and most machines have few of these
+        # (at most a window of buckets, 288 at the defaults), so dropping the oldest is cheap.
+        self.buckets: list[Bucket] = []
+        self.errors: list[tuple[int, str]] = []  # (ts, code) within the longest window
         self.maintenance: dict[str, int] = {}  # code -> ts of the last maintenance event
 
     def add(self, ts: int, values: dict[str, float], live: dict[str, tuple[float, int]]) -> None:
@@ -145,8 +147,8 @@ class LiveHistory:
             self.buckets.append(bucket)
             self._outbox.bucket((self.machine, self.site, bucket))
             horizon = ts - policy.window_ms
-            while self.buckets and self.buckets[0].start < horizon:
-                self.buckets.popleft()
+            old = next((i for i, b in enumerate(self.buckets) if b.start >= horizon), None)
+            del self.buckets[: len(self.buckets) if old is None else old]
         # Sample at most ~policy.samples readings per bucket, judged by the last bucket's rate.
         self._stride = max(1, self._seen // policy.samples)
         self._bucket = ts - ts % policy.bucket_ms
@@ -160,8 +162,8 @@ class LiveHistory:
         if event.type == "error":
             self.errors.append((event.ts, event.code))
             horizon = event.ts - self._policy.window_ms
-            while self.errors and self.errors[0][0] < horizon:
-                self.errors.popleft()
+            old = next((i for i, e in enumerate(self.errors) if e[0] >= horizon), None)
+            del self.errors[: len(self.errors) if old is None else old]
         elif event.type == "maintenance":
             self.maintenance[event.code] = max(event.ts, self.maintenance.get(event.code, 0))
         self._outbox.event((self.machine, self.site, event))

@@ -104,7 +104,7 @@ class MachineTwin:
         self._missing: set[int] = set()
         self._stats: tuple[int, float, dict[str, dict[str, float]]] | None = None  # by revision
         self._ids: set[tuple[Any, ...]] = set()
-        self._ids_order: deque[tuple[Any, ...]] = deque()
+        self._ids_order: deque[tuple[Any, ...]] | None = None  # made for the first seq-less one
         self.history = history  # buckets of event time, and the events fleet features use
 
     # -- applying -------------------------------------------------------------------------
@@ -119,9 +119,12 @@ class MachineTwin:
             if key in self._ids:
                 return False
             self._ids.add(key)
-            self._ids_order.append(key)
-            if len(self._ids_order) > _MAX_IDS:
-                self._ids.discard(self._ids_order.popleft())
+            order = self._ids_order
+            if order is None:
+                order = self._ids_order = deque()
+            order.append(key)
+            if len(order) > _MAX_IDS:
+                self._ids.discard(order.popleft())
             return True
         top = self._max_seq
         if top is None or seq > top:
@@ -283,7 +286,7 @@ class MachineTwin:
             "max_seq": self._max_seq,
             "min_seq": self._min_seq,
             "missing": sorted(self._missing),
-            "ids": [list(k) for k in self._ids_order],
+            "ids": [list(k) for k in self._ids_order or ()],
             **self.history.dump(),
         }
 
@@ -306,6 +309,8 @@ class MachineTwin:
         for key in data["ids"]:
             ident = (key[0], *(tuple(pair) for pair in key[1:]))
             twin._ids.add(ident)
+            if twin._ids_order is None:
+                twin._ids_order = deque()
             twin._ids_order.append(ident)
         history.load(data)
         return twin
