@@ -67,11 +67,17 @@ class AlertManager:
 
     # -- evaluation (journal thread) -----------------------------------------------------------
 
-    def evaluate(self, twins: Iterable[MachineTwin], now_ms: int | None = None) -> None:
+    def evaluate(
+        self,
+        twins: Iterable[MachineTwin],
+        now_ms: int | None = None,
+        rules: Sequence[Rule] | None = None,
+    ) -> None:
+        """Evaluate `rules` (every rule by default) on each of `twins`."""
         now = now_ms if now_ms is not None else int(time.time() * 1000)
         with self._lock, self.store.transaction():
             for twin in twins:
-                for rule in self.rules:
+                for rule in self.rules if rules is None else rules:
                     self._evaluate(rule, twin, now)
 
     def sweep(self, interval_s: float = 1.0) -> None:
@@ -82,17 +88,14 @@ class AlertManager:
             return
         self._last_sweep = time.monotonic()
         now = int(time.time() * 1000)
-        twins = self.state.twins()
         if not self._swept:
             self._swept = True
-            self.evaluate(twins, now)
+            self.evaluate(self.state.twins(), now)
         else:
-            timed = [rule for rule in self.rules if rule.kind in _TIMED]
             by_id = {rule.id: rule for rule in self.rules if rule.kind not in _TIMED}
             with self._lock, self.store.transaction():
-                for twin in twins:
-                    for rule in timed:
-                        self._evaluate(rule, twin, now)
+                timed = [rule for rule in self.rules if rule.kind in _TIMED]
+                self.evaluate(self.state.twins(), now, timed)
                 for machine, rule_id in list(self._pending):
                     waiting, pending = by_id.get(rule_id), self.state.twin(machine)
                     if waiting is not None and pending is not None:
