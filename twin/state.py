@@ -15,6 +15,7 @@ which take the lock and hand back copies or immutable values, never a live twin.
 from __future__ import annotations
 
 import bisect
+import math
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from twin.history import HistoryOutbox, HistoryPolicy, LiveHistory
 from twin.messages import Decoded, DeviceEvent, Reading, Rejection, Status
+from twin.window import RecentWindow
 
 if TYPE_CHECKING:
     from twin.risk import Risk
@@ -93,7 +95,7 @@ class MachineTwin:
         self.last_seen = seen_ms
         self.latest_ts = 0  # newest event time of any applied reading
         self.values: dict[str, tuple[float, int]] = {}
-        self.recent: deque[tuple[int, dict[str, float]]] = deque(maxlen=recent)
+        self.recent = RecentWindow(recent)
         self.last_events: dict[str, dict[str, Any]] = {}
         self.counters = Counters()
         self.revision = 0
@@ -163,7 +165,7 @@ class MachineTwin:
             changed = True
             counters.received += 1
             ts = reading.ts
-            self.recent.append((ts, reading.values))
+            self.recent.append(ts, reading.values)
             if ts >= self.latest_ts:
                 # In order (the common case): newer than every live value, so take them all.
                 self.latest_ts = ts
@@ -215,22 +217,7 @@ class MachineTwin:
         cached = self._stats
         if cached is not None and cached[0] == self.revision and cached[1] == window_ms:
             return cached[2]
-        since = self.latest_ts - window_ms
-        rows = [values for ts, values in self.recent if ts >= since]
-        out: dict[str, dict[str, float]] = {}
-        for name in self.values:  # column by column: the builtins do the sums, not a loop
-            try:
-                column = [values[name] for values in rows]
-            except KeyError:  # a signal some readings did not carry
-                column = [values[name] for values in rows if name in values]
-            if column:
-                n = len(column)
-                out[name] = {
-                    "count": n,
-                    "mean": sum(column) / n,
-                    "min": min(column),
-                    "max": max(column),
-                }
+        out = self.recent.stats(math.ceil(self.latest_ts - window_ms))
         self._stats = (self.revision, window_ms, out)
         return out
 
@@ -279,7 +266,7 @@ class MachineTwin:
             "last_seen": self.last_seen,
             "latest_ts": self.latest_ts,
             "values": self.values,
-            "recent": list(self.recent),
+            "recent": self.recent.dump(),
             "last_events": self.last_events,
             "counters": asdict(self.counters),
             "revision": self.revision,
@@ -299,7 +286,7 @@ class MachineTwin:
         twin.last_seen = data["last_seen"]
         twin.latest_ts = data["latest_ts"]
         twin.values = {k: (v[0], v[1]) for k, v in data["values"].items()}
-        twin.recent.extend((ts, values) for ts, values in data["recent"])
+        twin.recent.load(data["recent"])
         twin.last_events = data["last_events"]
         twin.counters = Counters(**data["counters"])
         twin.revision = data["revision"]
@@ -424,7 +411,7 @@ class FleetState:
             twin = self._machines.get(machine)
             if twin is None:
                 return None
-            return sorted(twin.values), list(twin.recent)
+            return sorted(twin.values), twin.recent.rows()
 
     def machine_type(self, machine: str) -> str | None:
         with self._lock:

@@ -1,0 +1,116 @@
+"""The recent readings of one twin, kept column by column for `stats`.
+
+A reading is a row: its event time in one array, each signal's value in that signal's array
+(NaN where the reading did not carry the signal). Compared with keeping each reading's dict,
+a row costs 8 bytes a signal instead of about 70, and `stats` over the window is three numpy
+reductions over a contiguous view per signal instead of a Python pass over every reading
+(about 30 us for a full window of 500 readings of five signals, against 150 us).
+
+The arrays grow by appending and drop their oldest rows in one move once they hold a quarter
+more than `size`, so a reading costs a few appends; every read sees the newest `size` rows.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from typing import Any
+
+import numpy as np
+
+_NAN = math.nan
+Stats = dict[str, dict[str, float]]
+
+
+class RecentWindow:
+    """The newest `size` readings of one machine, in arrival order."""
+
+    __slots__ = ("_columns", "_disorder", "_ts", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ts = array("q")
+        self._columns: dict[str, array[float]] = {}
+        self._disorder = -1  # row index of the newest reading older than the one before it
+
+    def __len__(self) -> int:
+        return min(len(self._ts), self.size)
+
+    def append(self, ts: int, values: dict[str, float]) -> None:
+        stamps, columns = self._ts, self._columns
+        if stamps and ts < stamps[-1]:
+            self._disorder = len(stamps)
+        if not values.keys() <= columns.keys():
+            for name in values:
+                if name not in columns:  # a new signal: no value in the rows before
+                    columns[name] = array("d", [_NAN]) * len(stamps)
+        stamps.append(ts)
+        get = values.get
+        for name, column in columns.items():
+            column.append(get(name, _NAN))
+        if len(stamps) >= self.size + max(8, self.size // 4):
+            self._trim()
+
+    def _trim(self) -> None:
+        drop = len(self._ts) - self.size
+        del self._ts[:drop]
+        for column in self._columns.values():
+            del column[:drop]
+        self._disorder -= drop
+
+    def stats(self, since: int) -> Stats:
+        """count/mean/min/max of each signal over the rows with event time >= `since`."""
+        stamps = np.frombuffer(self._ts, dtype=np.int64)
+        first = max(len(stamps) - self.size, 0)
+        stamps = stamps[first:]
+        if self._disorder >= first:
+            rows: slice | np.ndarray[Any, np.dtype[np.bool_]] = stamps >= since
+        else:  # in event-time order: the window is a suffix
+            rows = slice(int(np.searchsorted(stamps, since)), None)
+        out: Stats = {}
+        for name, column in self._columns.items():
+            values = np.frombuffer(column, dtype=np.float64)[first:][rows]
+            total = float(values.sum())
+            if math.isnan(total):  # a signal some readings did not carry
+                values = values[~np.isnan(values)]
+                total = float(values.sum())
+            n = len(values)
+            if n:
+                out[name] = {
+                    "count": n,
+                    "mean": total / n,
+                    "min": float(values.min()),
+                    "max": float(values.max()),
+                }
+        return out
+
+    def rows(self) -> list[tuple[int, dict[str, float]]]:
+        """The readings as (ts, values) in arrival order, each with the signals it carried."""
+        first = max(len(self._ts) - self.size, 0)
+        stamps = self._ts[first:].tolist()
+        columns = [(name, column[first:].tolist()) for name, column in self._columns.items()]
+        return [
+            (ts, {name: v[i] for name, v in columns if v[i] == v[i]}) for i, ts in enumerate(stamps)
+        ]
+
+    def dump(self) -> dict[str, Any]:
+        first = max(len(self._ts) - self.size, 0)
+        return {
+            "ts": self._ts[first:].tolist(),
+            "columns": {name: c[first:].tolist() for name, c in self._columns.items()},
+        }
+
+    def load(self, data: dict[str, Any] | list[list[Any]]) -> None:
+        """Restore a `dump`, or the rows of a snapshot taken before the window was columnar."""
+        if isinstance(data, list):
+            for ts, values in data:
+                self.append(ts, values)
+            return
+        self._ts.extend(data["ts"])
+        for name, values in data["columns"].items():
+            # JSON has no NaN: msgspec wrote the gaps as null.
+            self._columns[name] = array("d", (_NAN if v is None else v for v in values))
+        stamps = self._ts
+        self._disorder = max(
+            (i for i in range(1, len(stamps)) if stamps[i] < stamps[i - 1]), default=-1
+        )
