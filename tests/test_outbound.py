@@ -63,3 +63,20 @@ def test_machines_keep_their_own_intervals() -> None:
     outbound.twins({a})
     outbound.twins({b})  # b has never been sent: not held back by a's interval
     assert sorted(published.topics()) == ["factory/s1/a/twin", "factory/s1/b/twin"]
+
+
+def test_past_the_fleet_budget_the_longest_waiting_twins_go_first() -> None:
+    state, published, hub = FleetState(), Published(), EventHub()
+    outbound = Outbound(state, Topics(), published, hub, interval_s=0, max_per_s=2)
+    twins = [reading(state, m, 1, 1.0) for m in ("a", "b", "c")]
+    outbound.twins(twins)
+    assert published.topics() == ["factory/s1/a/twin", "factory/s1/b/twin"]  # a second's worth
+    reading(state, "a", 2, 2.0)
+    outbound.twins({twins[0]})  # a changed again, but c has waited longer
+    time.sleep(0.6)  # about one more twin's worth of budget
+    outbound.twins(set())
+    assert published.topics()[2] == "factory/s1/c/twin"
+    time.sleep(0.6)
+    outbound.twins(set())
+    assert published.topics()[3:] == ["factory/s1/a/twin"]
+    assert msgspec.json.decode(published.messages[3][1])["revision"] == 2  # the latest state

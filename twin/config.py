@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     alert_rules: Path | None = None  # a TOML file of [[rule]] tables, added to the defaults
     alert_retention_s: float = Field(default=7 * 24 * 3600, gt=0)
     twin_publish_interval_s: float = Field(default=1.0, ge=0)  # retained twin states, per machine
+    twin_publish_max_per_s: float = Field(default=2000.0, ge=0)  # fleet-wide; 0: no budget
     stream_buffer: int = Field(default=1000, ge=1)  # events a /stream client may fall behind
     stream_heartbeat_s: float = Field(default=15.0, gt=0)
     score_interval_ms: int = Field(default=200, ge=1, le=60_000)

@@ -80,7 +80,12 @@ class Twin:
         ]
         self.hub = EventHub(client_buffer=s.stream_buffer, heartbeat_s=s.stream_heartbeat_s)
         self.outbound = Outbound(
-            self.state, self.topics, self.ingest.publish, self.hub, s.twin_publish_interval_s
+            self.state,
+            self.topics,
+            self.ingest.publish,
+            self.hub,
+            s.twin_publish_interval_s,
+            s.twin_publish_max_per_s,
         )
 
         # The reactions to each durable batch: model, then alerts, then what goes out.
