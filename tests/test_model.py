@@ -70,9 +70,9 @@ def test_fast_path_equals_predict_proba(models_dir: Path) -> None:
 def test_explanations_are_sorted_by_magnitude(models_dir: Path) -> None:
     predictor = Registry(models_dir).load_active()["default"]
     _, contributions = predictor.score(np.asarray([feature_row(SIGNALS, "L")]))
-    explained = list(predictor.explain(contributions[0])[0].values())
+    explained = list(predictor.explain(contributions[0]).values())
     assert explained == sorted(explained, key=abs, reverse=True)
-    assert set(predictor.explain(contributions[0])[0]) >= {"power_w", "tool_wear_min", "type"}
+    assert set(predictor.explain(contributions[0])) >= {"power_w", "tool_wear_min", "type"}
 
 
 def test_manifest_round_trip_and_refusal_on_version_mismatch(

@@ -71,7 +71,7 @@ class Outbound:
                 heapq.heappush(self._due, (when, next(self._order), twin))
         now = time.monotonic()
         most = self._budget(now)
-        due = []
+        due: list[MachineTwin] = []
         while self._due and self._due[0][0] <= now and len(due) < most:
             due.append(heapq.heappop(self._due)[2])
         self._note_limit(bool(self._due) and self._due[0][0] <= now)

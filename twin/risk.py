@@ -17,8 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +32,7 @@ from twin.model import (
     read_ai4i_csv,
 )
 from twin.model.fleet import FleetSpec, features, series
+from twin.model.predictor import ranked
 from twin.state import FleetState, MachineTwin
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,14 @@ class Risk:
     model_version: str
     threshold: float  # the model's alert threshold
     updated_at: int  # epoch ms of the scoring
-    contributions: MappingProxyType[str, float] = field(
-        default_factory=lambda: MappingProxyType({})
-    )  # feature group -> share of the logit, largest magnitude first
+    groups: tuple[str, ...] = ()  # the model's feature groups
+    shares: tuple[float, ...] = ()  # each group's share of the logit, in `groups` order
+
+    @property
+    def contributions(self) -> dict[str, float]:
+        """Feature group -> share of the logit, largest magnitude first. Ranked when asked:
+        most scores are replaced by the next before anyone reads them."""
+        return ranked(self.groups, self.shares)
 
     def public(self) -> dict[str, object]:
         return {
@@ -56,7 +61,7 @@ class Risk:
             "model_version": self.model_version,
             "threshold": self.threshold,
             "updated_at": self.updated_at,
-            "contributions": dict(self.contributions),
+            "contributions": self.contributions,
         }
 
 
@@ -194,11 +199,10 @@ class RiskScorer:
         now = int(time.time() * 1000)
         for model, scored, rows in batches.values():
             probabilities, contributions = model.score(np.asarray(rows))
+            groups = model.groups
             risks = [
-                Risk(p, model.version, model.threshold, now, MappingProxyType(explained))
-                for p, explained in zip(
-                    probabilities.tolist(), model.explain(contributions), strict=True
-                )
+                Risk(p, model.version, model.threshold, now, groups, tuple(shares))
+                for p, shares in zip(probabilities.tolist(), contributions.tolist(), strict=True)
             ]
             self.state.set_risks((t, r, None) for t, r in zip(scored, risks, strict=True))
             fresh = [(t.site, t.machine, r) for t, r in zip(scored, risks, strict=True)]

@@ -9,6 +9,7 @@ group's additive share of the logit, relative to the training data's mean.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ class Predictor:
             groups = [name for name in names for _ in range(width // len(names))]
         else:
             groups = feature_groups(pipeline)
-        self.groups = list(dict.fromkeys(groups))
+        self.groups = tuple(dict.fromkeys(groups))
         self._group_matrix = np.zeros((len(groups), len(self.groups)))
         for column, group in enumerate(groups):
             self._group_matrix[column, self.groups.index(group)] = 1.0
@@ -63,16 +64,9 @@ class Predictor:
         contributions = ((Z - self._mean) * self._w) @ self._group_matrix
         return probabilities, contributions
 
-    def explain(self, contributions: np.ndarray) -> list[dict[str, float]]:
-        """Each row's contributions by group, largest magnitude first (one sort for all rows)."""
-        rows = np.atleast_2d(contributions)
-        groups = self.groups
-        return [
-            {groups[i]: round(row[i], 4) for i in order}
-            for row, order in zip(
-                rows.tolist(), np.argsort(-np.abs(rows), axis=1).tolist(), strict=True
-            )
-        ]
+    def explain(self, shares: Sequence[float]) -> dict[str, float]:
+        """One row of `score`'s contributions by group, largest magnitude first."""
+        return ranked(self.groups, shares)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -93,3 +87,9 @@ class Predictor:
                 f"this is {sklearn.__version__}: refit it (twin train)"
             )
         return cls(joblib.load(directory / MODEL_FILE), manifest)
+
+
+def ranked(groups: Sequence[str], shares: Sequence[float]) -> dict[str, float]:
+    """Each group's share of the logit (rounded), largest magnitude first."""
+    order = sorted(range(len(shares)), key=lambda i: -abs(shares[i]))
+    return {groups[i]: round(shares[i], 4) for i in order}
