@@ -12,13 +12,16 @@ more than `size`, so a reading costs a few appends; every read sees the newest `
 
 from __future__ import annotations
 
+import bisect
 import math
 from array import array
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 _NAN = math.nan
+_SMALL = 48  # rows up to which the builtins sum faster than numpy
 Stats = dict[str, dict[str, float]]
 
 
@@ -60,9 +63,10 @@ class RecentWindow:
 
     def stats(self, since: int) -> Stats:
         """count/mean/min/max of each signal over the rows with event time >= `since`."""
-        stamps = np.frombuffer(self._ts, dtype=np.int64)
-        first = max(len(stamps) - self.size, 0)
-        stamps = stamps[first:]
+        first = max(len(self._ts) - self.size, 0)
+        if len(self._ts) - first <= _SMALL:
+            return self._stats_small(first, since)
+        stamps = np.frombuffer(self._ts, dtype=np.int64)[first:]
         if self._disorder >= first:
             rows: slice | np.ndarray[Any, np.dtype[np.bool_]] = stamps >= since
         else:  # in event-time order: the window is a suffix
@@ -74,14 +78,29 @@ class RecentWindow:
             if math.isnan(total):  # a signal some readings did not carry
                 values = values[~np.isnan(values)]
                 total = float(values.sum())
-            n = len(values)
-            if n:
-                out[name] = {
-                    "count": n,
-                    "mean": total / n,
-                    "min": float(values.min()),
-                    "max": float(values.max()),
-                }
+            if len(values):
+                out[name] = _summary(len(values), total, float(values.min()), values.max())
+        return out
+
+    def _stats_small(self, first: int, since: int) -> Stats:
+        """`stats` with the builtins: faster than numpy's fixed cost for a few rows."""
+        stamps = self._ts
+        if self._disorder >= first:
+            picked = [i for i in range(first, len(stamps)) if stamps[i] >= since]
+        else:
+            start = bisect.bisect_left(stamps, since, first)
+        out: Stats = {}
+        for name, column in self._columns.items():
+            if self._disorder >= first:
+                values: Sequence[float] = [column[i] for i in picked]
+            else:
+                values = column[start:]
+            total = sum(values)
+            if total != total:  # NaN: a signal some readings did not carry
+                values = [v for v in values if v == v]
+                total = sum(values)
+            if values:
+                out[name] = _summary(len(values), total, min(values), max(values))
         return out
 
     def rows(self) -> list[tuple[int, dict[str, float]]]:
@@ -114,3 +133,7 @@ class RecentWindow:
         self._disorder = max(
             (i for i in range(1, len(stamps)) if stamps[i] < stamps[i - 1]), default=-1
         )
+
+
+def _summary(n: int, total: float, low: float, high: float) -> dict[str, float]:
+    return {"count": n, "mean": total / n, "min": low, "max": float(high)}
