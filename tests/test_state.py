@@ -169,3 +169,20 @@ def test_stats_are_kept_until_a_reading_is_applied() -> None:
         "min": 1.0,
         "max": 3.0,
     }
+
+
+def test_a_reader_copies_under_the_lock_and_sums_after() -> None:
+    state = FleetState(stats_window_s=10)
+    address = Address("s1", "m1", "telemetry")
+    for i in range(60):  # the copy takes only the 11 within the window
+        state.apply(Decoded(address, [Reading(T0 + i * 1000, i, {"t": float(i)})]), T0)
+    twin = state.twin("m1")
+    assert twin is not None
+    detached = twin.detach(state.window_ms)
+    state.apply(Decoded(address, [Reading(T0 + 60_000, 60, {"t": 100.0})]), T0)  # the writer
+    view = detached.public()
+    assert view["revision"] == 60
+    assert view["values"]["t"]["value"] == 59.0
+    assert view["stats"]["t"] == {"count": 11, "mean": 54.0, "min": 49.0, "max": 59.0}
+    assert list(view) == list(twin.public(state.window_ms))  # the same document, in order
+    assert state.get("m1") == twin.public(state.window_ms)

@@ -224,6 +224,20 @@ class MachineTwin:
     def public(self, window_ms: float) -> dict[str, Any]:
         """The twin as the API and MQTT serve it (built anew: keeping it per twin measured 13%
         fewer readings applied at 10,000 machines, the collector scanning every kept view)."""
+        view = self._view()
+        view["stats"] = self.stats(window_ms)
+        return view
+
+    def detach(self, window_ms: float) -> Detached:
+        """What a reader needs to build `public()` after letting go of the lock: the view
+        without stats, and the stats if they are kept, else a copy of the window to sum."""
+        cached = self._stats
+        if cached is not None and cached[0] == self.revision and cached[1] == window_ms:
+            return Detached(self._view(), cached[2], None, 0)
+        since = math.ceil(self.latest_ts - window_ms)
+        return Detached(self._view(), None, self.recent.copy(since), since)
+
+    def _view(self) -> dict[str, Any]:
         c = self.counters
         return {
             "machine": self.machine,
@@ -233,7 +247,7 @@ class MachineTwin:
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
             "values": {name: {"value": v, "ts": ts} for name, (v, ts) in self.values.items()},
-            "stats": self.stats(window_ms),
+            "stats": None,  # filled by the caller, in this place of the document
             "last_events": dict(self.last_events),
             "counters": {
                 "received": c.received,
@@ -301,6 +315,22 @@ class MachineTwin:
             twin._ids_order.append(ident)
         history.load(data)
         return twin
+
+
+@dataclass(frozen=True, slots=True)
+class Detached:
+    """A twin's public view taken under the lock, finished (its stats summed) outside it."""
+
+    view: dict[str, Any]
+    stats: dict[str, dict[str, float]] | None
+    window: RecentWindow | None  # a copy, when the stats were not kept
+    since: int
+
+    def public(self) -> dict[str, Any]:
+        view = self.view
+        assert self.stats is not None or self.window is not None
+        view["stats"] = self.stats if self.window is None else self.window.stats(self.since)
+        return view
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +426,10 @@ class FleetState:
     def get(self, machine: str) -> dict[str, Any] | None:
         with self._lock:
             twin = self._machines.get(machine)
-            return None if twin is None else twin.public(self.window_ms)
+            if twin is None:
+                return None
+            detached = twin.detach(self.window_ms)
+        return detached.public()
 
     def summaries(self) -> list[TwinSummary]:
         with self._lock:
@@ -454,7 +487,8 @@ class FleetState:
                 elif reverse:
                     twins.reverse()
                 page = twins[offset : offset + limit]
-            return total, [t.public(self.window_ms) for t in page]
+            detached = [t.detach(self.window_ms) for t in page]
+        return total, [d.public() for d in detached]  # summed without holding the writer
 
     # -- snapshot ---------------------------------------------------------------------------
 

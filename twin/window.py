@@ -103,6 +103,17 @@ class RecentWindow:
                 out[name] = _summary(len(values), total, min(values), max(values))
         return out
 
+    def copy(self, since: int) -> RecentWindow:
+        """The rows from event time `since` on (all rows, when some arrived out of order)."""
+        first = max(len(self._ts) - self.size, 0)
+        if self._disorder < first:
+            first = bisect.bisect_left(self._ts, since, first)
+        copy = RecentWindow(self.size)
+        copy._ts = self._ts[first:]
+        copy._columns = {name: column[first:] for name, column in self._columns.items()}
+        copy._disorder = self._disorder - first
+        return copy
+
     def rows(self) -> list[tuple[int, dict[str, float]]]:
         """The readings as (ts, values) in arrival order, each with the signals it carried."""
         first = max(len(self._ts) - self.size, 0)
