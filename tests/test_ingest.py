@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ from devices.publisher import DevicePublisher, NetworkLoop
 from tests.services import Mosquitto, wait_until
 from twin.app import create_app
 from twin.config import Settings
+from twin.ingest import _BufferedSocket
 from twin.service import Twin
 
 pytestmark = pytest.mark.integration
@@ -127,3 +129,21 @@ def test_malformed_burst_is_counted_and_ingest_keeps_going(
     assert deadletters["total"] == 180
     assert client.get("/health").json()["status"] == "ok"
     assert time.time()  # the twin is still serving
+
+
+def test_the_buffered_socket_serves_small_reads_from_one_recv() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        buffered = _BufferedSocket(left)
+        right.sendall(b"\x30\x05hello\x40")
+        assert buffered.recv(1) == b"\x30"  # one recv took all eight bytes
+        assert buffered.pending() == 7  # so paho's loop does not wait in select()
+        assert buffered.recv(1) == b"\x05"
+        assert buffered.recv(10) == b"hello\x40"  # no more than is there
+        assert buffered.pending() == 0
+        left.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            buffered.recv(1)  # nothing buffered, nothing on the socket: as the socket says
+        right.close()
+        assert buffered.recv(1) == b""  # closed
+        assert buffered.fileno() == left.fileno()  # the rest is the socket's

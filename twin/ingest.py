@@ -32,6 +32,48 @@ log = logging.getLogger(__name__)
 _RECEIVE_MAXIMUM = 65535  # the most unacknowledged QoS 1 messages MQTT 5 lets a broker send
 
 Token = tuple[int, int, int]  # (connection generation, message id, qos)
+_READ_BYTES = 256 * 1024  # what one recv() may take from the socket
+
+
+class _BufferedSocket:
+    """The broker connection, read in large chunks.
+
+    paho reads each packet's fixed header a byte at a time, one `recv()` each, and every
+    `recv()` gives up the GIL and waits to take it back from the journal thread: under load that
+    was a fifth of the twin's busy time. This takes what the socket has in one call and serves
+    paho from it; `pending()` (which paho asks of TLS sockets too) keeps paho's loop from
+    waiting in `select()` while bytes are still buffered. Everything else is the socket's.
+    """
+
+    __slots__ = ("_buffer", "_offset", "_sock")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = b""
+        self._offset = 0
+
+    def recv(self, size: int) -> bytes:
+        start = self._offset
+        if start >= len(self._buffer):
+            data: bytes = self._sock.recv(_READ_BYTES)  # raises as the socket does
+            if len(data) <= size:
+                self._buffer, self._offset = b"", 0
+                return data  # also b"": the connection closed
+            self._buffer, start = data, 0
+        end = self._offset = min(start + size, len(self._buffer))
+        return self._buffer[start:end]
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return len(self._buffer) - self._offset + inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _Client(mqtt.Client):
+    def _create_socket(self) -> Any:
+        return _BufferedSocket(super()._create_socket())
 
 
 class Ingest:
@@ -55,7 +97,7 @@ class Ingest:
     def _build_client(self) -> mqtt.Client:
         s = self.settings
         v5 = s.mqtt_protocol == "5"
-        client = mqtt.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=s.mqtt_client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
