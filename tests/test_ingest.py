@@ -7,8 +7,10 @@ import time
 from collections.abc import Iterator
 
 import msgspec
+import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
+from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.fleet import Fleet, FleetOptions
 from devices.publisher import DevicePublisher, NetworkLoop
@@ -147,3 +149,29 @@ def test_the_buffered_socket_serves_small_reads_from_one_recv() -> None:
         right.close()
         assert buffered.recv(1) == b""  # closed
         assert buffered.fileno() == left.fileno()  # the rest is the socket's
+
+
+def test_acknowledged_readings_are_not_redelivered_to_the_next_run(
+    settings: Settings, mosquitto: Mosquitto
+) -> None:
+    s = settings.model_copy(update={"mqtt_url": mosquitto.url})  # one persistent session
+    first = Twin(s)
+    with TestClient(create_app(s, first)) as client:
+        wait_until(lambda: first.ingest.connected, 10, "the twin to connect")
+        fleet = Fleet(s.broker, first.topics, FleetOptions(machines=3, rate_hz=200, count=300))
+        fleet.start()
+        assert fleet.wait(60)
+        fleet.stop()
+        wait_until(lambda: received(client) == 900, 30, "every reading")
+    second = Twin(s)  # anything not acknowledged comes again now, before newer messages
+    with TestClient(create_app(s, second)) as client:
+        wait_until(lambda: second.ingest.connected, 10, "the twin to reconnect")
+        marker = mqtt.Client(CallbackAPIVersion.VERSION2)
+        marker.connect("127.0.0.1", mosquitto.port)
+        marker.loop_start()
+        body = msgspec.json.encode({"seq": 0, "values": {"t": 1.0}})
+        marker.publish(second.topics.telemetry("site1", "marker"), body, qos=1).wait_for_publish(5)
+        marker.disconnect()
+        marker.loop_stop()
+        wait_until(lambda: client.get("/machines/marker").status_code == 200, 20, "the marker")
+        assert client.get("/health").json()["readings"]["duplicates"] == 0

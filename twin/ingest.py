@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -33,6 +35,7 @@ _RECEIVE_MAXIMUM = 65535  # the most unacknowledged QoS 1 messages MQTT 5 lets a
 
 Token = tuple[int, int, int]  # (connection generation, message id, qos)
 _READ_BYTES = 256 * 1024  # what one recv() may take from the socket
+_PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id
 
 
 class _BufferedSocket:
@@ -174,9 +177,15 @@ class Ingest:
         if client is None:
             return
         generation = self._generation
-        for gen, mid, qos in tokens:
-            if gen == generation and qos:
-                client.ack(mid, qos)
+        pubacks = b"".join(
+            _PUBACK.pack(PUBACK, 2, mid) for gen, mid, qos in tokens if gen == generation and qos
+        )
+        if pubacks:
+            # One write for the batch: paho's `ack()` queues each PUBACK on its own, each with
+            # a wake-up byte to paho's thread and then its own send() (both syscalls that give
+            # up the GIL; 15% of the busy samples at 1,000 machines). A PUBACK without a reason
+            # code is success in MQTT 5 and is the only form in 3.1.1; the subscription is QoS 1.
+            client._packet_queue(PUBACK, pubacks, 0, 0)
 
     # -- paho callbacks (network thread) ------------------------------------------------------
 
