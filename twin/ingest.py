@@ -75,8 +75,18 @@ class _BufferedSocket:
 
 
 class _Client(mqtt.Client):
+    """paho's client with the broker connection buffered, and messages handed straight to
+    `on_message`: the twin registers no per-topic callbacks, and paho's walk of its (empty)
+    topic-filter tree for each message was 6% of the busy time at 1,000 machines."""
+
     def _create_socket(self) -> Any:
         return _BufferedSocket(super()._create_socket())
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        on_message = self.on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                on_message(self, self._userdata, message)
 
 
 class Ingest:
