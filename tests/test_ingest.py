@@ -17,8 +17,10 @@ from devices.publisher import DevicePublisher, NetworkLoop
 from tests.services import Mosquitto, wait_until
 from twin.app import create_app
 from twin.config import Settings
-from twin.ingest import _BufferedSocket
+from twin.ingest import Ingest, _BufferedSocket
 from twin.service import Twin
+from twin.status import OutboundStatus
+from twin.topics import Topics
 
 pytestmark = pytest.mark.integration
 
@@ -175,3 +177,16 @@ def test_acknowledged_readings_are_not_redelivered_to_the_next_run(
         marker.loop_stop()
         wait_until(lambda: client.get("/machines/marker").status_code == 200, 20, "the marker")
         assert client.get("/health").json()["readings"]["duplicates"] == 0
+
+
+def test_while_the_broker_is_away_outgoing_messages_wait_up_to_a_bound(
+    settings: Settings,
+) -> None:
+    ingest = Ingest(settings, Topics(), lambda raw, token: None)  # its broker port is closed
+    ingest.start()
+    try:
+        for i in range(10_001):
+            ingest.publish(f"factory/s1/m{i}/twin", b"{}", True)
+        assert ingest.outbound() == OutboundStatus(queued=10_000, dropped=1)
+    finally:
+        ingest.stop()  # and stopping with a full queue is clean

@@ -27,6 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from twin.config import BrokerAddress, Settings
 from twin.errors import BrokerError
 from twin.messages import RawMessage
+from twin.status import OutboundStatus
 from twin.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,11 @@ _RECEIVE_MAXIMUM = 65535  # the most unacknowledged QoS 1 messages MQTT 5 lets a
 Token = tuple[int, int, int]  # (connection generation, message id, qos)
 _READ_BYTES = 256 * 1024  # what one recv() may take from the socket
 _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id
+# Twin and alert messages that may wait for the broker (in flight or queued, e.g. while it is
+# away); past that new ones are dropped and counted. Twin states are retained and superseded by
+# the next, alerts are also in the API and on /stream; unbounded, a long outage would grow the
+# process without limit, and paho runs out of message ids at 65,535.
+_MAX_QUEUED = 10_000
 
 
 class _BufferedSocket:
@@ -106,6 +112,8 @@ class Ingest:
         self._generation = 0
         self._lock = threading.Lock()
         self._client: mqtt.Client | None = None
+        self.dropped = 0  # outgoing messages dropped because the queue was full
+        self._drop_logged = float("-inf")
 
     def _build_client(self) -> mqtt.Client:
         s = self.settings
@@ -123,6 +131,7 @@ class Ingest:
         configure_tls(client, broker)
         client.will_set(self.topics.twin_status, b"offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.max_queued_messages_set(_MAX_QUEUED)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -169,17 +178,34 @@ class Ingest:
         if self.connected:
             self.connected = False  # so the disconnect below is not logged as a drop
             offline = client.publish(self.topics.twin_status, b"offline", qos=1, retain=True)
-            offline.wait_for_publish(2)
+            if offline.rc == mqtt.MQTT_ERR_SUCCESS:
+                offline.wait_for_publish(2)  # else the will says it
         client.disconnect()
         client.loop_stop()
         self._client = None
         self.connected = False
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        """Publish at QoS 1 (paho queues it while the connection is down)."""
+        """Publish at QoS 1 (paho queues it while the connection is down, up to a bound)."""
         client = self._client
-        if client is not None:
-            client.publish(topic, payload, qos=1, retain=retain)
+        if client is None:
+            return
+        if client.publish(topic, payload, qos=1, retain=retain).rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._drop_logged >= 60:
+                self._drop_logged = now
+                log.warning(
+                    "%d messages are waiting for the broker: dropping new twin and alert "
+                    "messages (%d so far)",
+                    _MAX_QUEUED,
+                    self.dropped,
+                )
+
+    def outbound(self) -> OutboundStatus:
+        client = self._client
+        queued = 0 if client is None else len(client._out_messages)
+        return OutboundStatus(queued, self.dropped)
 
     def ack(self, tokens: Sequence[Token]) -> None:
         """Acknowledge messages the pipeline made durable (called from its thread)."""

@@ -67,6 +67,10 @@ class TwinCollector(Collector):
             dropped.add_metric([reason], count)
         yield dropped
         yield _one(counter, "twin_scored_machines", "Machine scorings", s.scoring.scored)
+        yield _one(
+            gauge, "twin_outbound_queued", "MQTT messages waiting for the broker", s.outbound.queued
+        )
+        yield _one(counter, "twin_outbound_dropped", "MQTT messages dropped", s.outbound.dropped)
 
 
 def registry_for(status: Callable[[], TwinStatus]) -> tuple[CollectorRegistry, Histogram]:

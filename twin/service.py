@@ -209,4 +209,5 @@ class Twin:
             scoring=ScoringStatus(
                 len(self.scorer.models()), self.scorer.scored, round(self.scorer.seconds, 3)
             ),
+            outbound=self.ingest.outbound(),
         )

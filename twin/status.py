@@ -52,6 +52,12 @@ class ScoringStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboundStatus:
+    queued: int  # twin and alert messages waiting for the broker
+    dropped: int  # messages not sent because the queue was full (since start)
+
+
+@dataclass(frozen=True, slots=True)
 class TwinStatus:
     status: str  # ok | degraded
     problems: list[str]
@@ -64,3 +70,4 @@ class TwinStatus:
     sinks: list[SinkStatus]
     stream: StreamStatus
     scoring: ScoringStatus
+    outbound: OutboundStatus

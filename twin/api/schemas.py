@@ -145,6 +145,11 @@ class StreamHealth(BaseModel):
     dropped: dict[str, int] = Field(description="clients dropped, by reason")
 
 
+class OutboundHealth(BaseModel):
+    queued: int = Field(description="twin and alert messages waiting for the broker")
+    dropped: int = Field(description="messages not sent because that queue was full")
+
+
 class HealthPublic(BaseModel):
     status: str = Field(description="ok, or degraded with the reason in `problems`")
     problems: list[str]
@@ -156,6 +161,7 @@ class HealthPublic(BaseModel):
     sinks: list[SinkHealth]
     stream: StreamHealth
     scoring: ScoringHealth
+    outbound: OutboundHealth
 
 
 class DeadLetterPublic(BaseModel):
