@@ -66,11 +66,11 @@ class RecentWindow:
         first = max(len(self._ts) - self.size, 0)
         if len(self._ts) - first <= _SMALL:
             return self._stats_small(first, since)
-        stamps = np.frombuffer(self._ts, dtype=np.int64)[first:]
         if self._disorder >= first:
+            stamps = np.frombuffer(self._ts, dtype=np.int64)[first:]
             rows: slice | np.ndarray[Any, np.dtype[np.bool_]] = stamps >= since
         else:  # in event-time order: the window is a suffix
-            rows = slice(int(np.searchsorted(stamps, since)), None)
+            rows = slice(bisect.bisect_left(self._ts, since, first) - first, None)
         out: Stats = {}
         for name, column in self._columns.items():
             values = np.frombuffer(column, dtype=np.float64)[first:][rows]
