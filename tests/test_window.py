@@ -61,7 +61,7 @@ def test_a_dump_survives_json_and_the_old_row_format_loads() -> None:
     for i in range(25):
         window.append(1000 * i, {"a": float(i)} if i % 3 else {"a": float(i), "b": -1.0})
     restored = RecentWindow(size=10)
-    restored.load(msgspec.json.decode(msgspec.json.encode(window.dump())))  # NaN gaps as null
+    restored.load(msgspec.json.decode(msgspec.json.encode(window.dump())))  # bytes as base64
     assert restored.rows() == window.rows()
     assert restored.stats(0) == window.stats(0)
 
