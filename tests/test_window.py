@@ -68,3 +68,20 @@ def test_a_dump_survives_json_and_the_old_row_format_loads() -> None:
     old = RecentWindow(size=10)  # a snapshot written while the window kept (ts, values) rows
     old.load([[ts, values] for ts, values in window.rows()])
     assert old.rows() == window.rows()
+
+
+def test_a_batch_extends_the_window_as_its_readings_one_by_one_would() -> None:
+    rng = random.Random(3)
+    batched, single = RecentWindow(60), RecentWindow(60)
+    ts = 1_000_000
+    for i in range(80):
+        rows = []
+        for _ in range(rng.choice([1, 5, 20])):
+            ts += -3000 if rng.random() < 0.05 else 1000  # now and then a late one
+            names = ["a", "b"] if rng.random() < 0.9 else ["b", "a", "c"]  # order, new signal
+            rows.append((ts, {n: round(rng.uniform(0, 9), 1) for n in names}))
+        batched.extend(rows)
+        for row in rows:
+            single.append(*row)
+        assert batched.rows() == single.rows(), i
+        assert batched.stats(ts - 30_000) == single.stats(ts - 30_000), i

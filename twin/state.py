@@ -157,15 +157,16 @@ class MachineTwin:
         counters = self.counters
         values = self.values
         history = self.history
-        changed = False
+        rows: list[
+            tuple[int, dict[str, float]]
+        ] = []  # into the recent window together: one move for an in-order batch
         for reading in readings:
             if not self._is_new(reading):
                 counters.duplicates += 1
                 continue
-            changed = True
             counters.received += 1
             ts = reading.ts
-            self.recent.append(ts, reading.values)
+            rows.append((ts, reading.values))
             if ts >= self.latest_ts:
                 # In order (the common case): newer than every live value, so take them all.
                 self.latest_ts = ts
@@ -182,7 +183,10 @@ class MachineTwin:
                     stale = True
             if stale:
                 counters.out_of_order += 1
-        return changed
+        if not rows:
+            return False
+        self.recent.extend(rows)
+        return True
 
     def apply_status(self, status: Status) -> bool:
         assert status.ts is not None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import itertools
 import math
 import sys
 from array import array
@@ -32,10 +33,11 @@ Stats = dict[str, dict[str, float]]
 class RecentWindow:
     """The newest `size` readings of one machine, in arrival order."""
 
-    __slots__ = ("_disorder", "_names", "_ts", "_values", "size")
+    __slots__ = ("_disorder", "_limit", "_names", "_ts", "_values", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self._limit = size + max(8, size // 4)  # rows held before the oldest are dropped
         self._ts = array("q")
         self._names: tuple[str, ...] = ()  # the signals, in the order of a row's slots
         self._values = array("d")  # len(_ts) rows of len(_names) slots
@@ -53,11 +55,33 @@ class RecentWindow:
         else:
             self._append_other(values)
         stamps.append(ts)
-        if len(stamps) >= self.size + max(8, self.size // 4):
-            drop = len(stamps) - self.size
-            del stamps[:drop]
-            del self._values[: drop * len(self._names)]
-            self._disorder -= drop
+        if len(stamps) >= self._limit:
+            self._trim()
+
+    def extend(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        """`append` each row; a batch in event-time order with the usual signals in one go."""
+        names, stamps = self._names, self._ts
+        times = [ts for ts, _ in rows]
+        if (
+            len(rows) < 2
+            or (stamps and times[0] < stamps[-1])
+            or times != sorted(times)
+            or not all(tuple(values) == names for _, values in rows)
+        ):
+            for ts, values in rows:
+                self.append(ts, values)
+            return
+        self._values.extend(itertools.chain.from_iterable(values.values() for _, values in rows))
+        stamps.extend(times)
+        if len(stamps) >= self._limit:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop the rows older than the newest `size`."""
+        drop = len(self._ts) - self.size
+        del self._ts[:drop]
+        del self._values[: drop * len(self._names)]
+        self._disorder -= drop
 
     def _append_other(self, values: dict[str, float]) -> None:
         """A reading with other signals than the slots, or in another order."""
