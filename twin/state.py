@@ -157,9 +157,8 @@ class MachineTwin:
         counters = self.counters
         values = self.values
         history = self.history
-        rows: list[
-            tuple[int, dict[str, float]]
-        ] = []  # into the recent window together: one move for an in-order batch
+        # Accepted readings go into the recent window together: one move for an in-order batch.
+        rows: list[tuple[int, dict[str, float]]] = []
         for reading in readings:
             if not self._is_new(reading):
                 counters.duplicates += 1
@@ -218,12 +217,23 @@ class MachineTwin:
         Kept until the next applied reading (the revision), so a twin published and read
         several times between two readings is summed once; treat the result as read-only.
         """
-        cached = self._stats
-        if cached is not None and cached[0] == self.revision and cached[1] == window_ms:
-            return cached[2]
-        out = self.recent.stats(math.ceil(self.latest_ts - window_ms))
+        kept = self._kept_stats(window_ms)
+        if kept is not None:
+            return kept
+        out = self.recent.stats(self._since(window_ms))
         self._stats = (self.revision, window_ms, out)
         return out
+
+    def _kept_stats(self, window_ms: float) -> dict[str, dict[str, float]] | None:
+        """The stats summed at this revision over this window, if they were."""
+        kept = self._stats
+        if kept is not None and kept[0] == self.revision and kept[1] == window_ms:
+            return kept[2]
+        return None
+
+    def _since(self, window_ms: float) -> int:
+        """The oldest event time within `window_ms` of the newest reading."""
+        return math.ceil(self.latest_ts - window_ms)
 
     def public(self, window_ms: float) -> dict[str, Any]:
         """The twin as the API and MQTT serve it (built anew: keeping it per twin measured 13%
@@ -235,10 +245,10 @@ class MachineTwin:
     def detach(self, window_ms: float) -> Detached:
         """What a reader needs to build `public()` after letting go of the lock: the view
         without stats, and the stats if they are kept, else a copy of the window to sum."""
-        cached = self._stats
-        if cached is not None and cached[0] == self.revision and cached[1] == window_ms:
-            return Detached(self._view(), cached[2], None, 0)
-        since = math.ceil(self.latest_ts - window_ms)
+        kept = self._kept_stats(window_ms)
+        if kept is not None:
+            return Detached(self._view(), kept, None, 0)
+        since = self._since(window_ms)
         return Detached(self._view(), None, self.recent.copy(since), since)
 
     def _view(self) -> dict[str, Any]:

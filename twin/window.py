@@ -43,8 +43,9 @@ class RecentWindow:
         self._values = array("d")  # len(_ts) rows of len(_names) slots
         self._disorder = -1  # row index of the newest reading older than the one before it
 
-    def __len__(self) -> int:
-        return min(len(self._ts), self.size)
+    def _first(self) -> int:
+        """The index of the oldest row within the window (older ones wait for a trim)."""
+        return max(len(self._ts) - self.size, 0)
 
     def append(self, ts: int, values: dict[str, float]) -> None:
         stamps = self._ts
@@ -102,7 +103,7 @@ class RecentWindow:
 
     def stats(self, since: int) -> Stats:
         """count/mean/min/max of each signal over the rows with event time >= `since`."""
-        first = max(len(self._ts) - self.size, 0)
+        first = self._first()
         if len(self._ts) - first <= _SMALL:
             return self._stats_small(first, since)
         width = len(self._names)
@@ -145,7 +146,7 @@ class RecentWindow:
 
     def copy(self, since: int) -> RecentWindow:
         """The rows from event time `since` on (all rows, when some arrived out of order)."""
-        first = max(len(self._ts) - self.size, 0)
+        first = self._first()
         if self._disorder < first:
             first = bisect.bisect_left(self._ts, since, first)
         copy = RecentWindow(self.size)
@@ -157,7 +158,7 @@ class RecentWindow:
 
     def rows(self) -> list[tuple[int, dict[str, float]]]:
         """The readings as (ts, values) in arrival order, each with the signals it carried."""
-        first = max(len(self._ts) - self.size, 0)
+        first = self._first()
         stamps = self._ts[first:].tolist()
         columns = [
             (name, self._column(slot, first).tolist()) for slot, name in enumerate(self._names)
@@ -170,7 +171,7 @@ class RecentWindow:
         """The window for a snapshot: its arrays as little-endian bytes (msgspec writes them
         as base64), not as one Python number per value, which at 10,000 machines took more
         memory than the twins themselves while the snapshot was written."""
-        first = max(len(self._ts) - self.size, 0)
+        first = self._first()
         return {
             "names": list(self._names),
             "ts": _little(self._ts[first:]).tobytes(),
