@@ -1,6 +1,7 @@
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +9,7 @@ import msgspec
 import pytest
 
 from tests.services import wait_until
+from twin.core import apply_messages
 from twin.deadletters import DeadLetters
 from twin.history import HistoryOutbox, HistoryStore
 from twin.journal import Journal
@@ -31,15 +33,17 @@ def make(
     history.open()
     acked: list[object] = []
     outbox = HistoryOutbox()
+    fleet, deadletters = state(outbox=outbox), DeadLetters()
     pipeline = Pipeline(
         Inbox(),
         journal,
         history,
         outbox,
-        state(outbox=outbox),
-        DeadLetters(),
-        Topics(),
-        Limits(),
+        fleet,
+        deadletters,
+        apply=partial(
+            apply_messages, topics=Topics(), limits=Limits(), state=fleet, deadletters=deadletters
+        ),
         ack=acked.extend,
         react=react,
         commit_ms=5,

@@ -39,15 +39,16 @@ from twin.deadletters import DeadLetters
 from twin.errors import StorageError
 from twin.history import HistoryOutbox, HistoryStore
 from twin.journal import Journal
-from twin.messages import Decoded, Limits, RawMessage, Rejection, decode
+from twin.messages import RawMessage
 from twin.state import FleetState, MachineTwin
 from twin.status import JournalStatus
-from twin.topics import Topics
 
 log = logging.getLogger(__name__)
 
 AckToken = Any  # whatever the front end needs to acknowledge one message
 Ack = Callable[[Sequence[AckToken]], None]
+# Decodes and applies a batch, returns the twins it changed (`Core.apply`).
+Apply = Callable[[Sequence[RawMessage]], set[MachineTwin]]
 # Told which twins each durable batch changed (an empty set when idle).
 React = Callable[[set[MachineTwin]], None]
 _MAX_BATCH = 20_000  # messages in one commit at most
@@ -104,9 +105,8 @@ class Pipeline:
         outbox: HistoryOutbox,
         state: FleetState,
         deadletters: DeadLetters,
-        topics: Topics,
-        limits: Limits,
         *,
+        apply: Apply,
         ack: Ack,
         react: React,
         commit_ms: int = 20,
@@ -119,8 +119,7 @@ class Pipeline:
         self.outbox = outbox
         self.state = state
         self.deadletters = deadletters
-        self.topics = topics
-        self.limits = limits
+        self.apply = apply
         self.ack = ack
         self.react = react
         self.commit_s = commit_ms / 1000
@@ -261,7 +260,7 @@ class Pipeline:
         # previous batch (durable) and then applying this one; the ack waits for the commit.
         written = self._writer.submit(self.journal.append, raws)
         self._react()
-        changed = self._apply(raws)
+        changed = self.apply(raws)
         written.result()
         self._durable = changed
         if self.outbox.pending:  # buckets close rarely: no round trip for most batches
@@ -272,27 +271,6 @@ class Pipeline:
 
     def _write_history(self) -> None:
         self.history.write(*self.outbox.drain())
-
-    def _apply(self, raws: Sequence[RawMessage]) -> set[MachineTwin]:
-        """Decode and apply; return the twins that changed."""
-        topics, limits, state, deadletters = self.topics, self.limits, self.state, self.deadletters
-        changed = set()
-        for raw in raws:
-            try:
-                decoded = decode(topics, raw.topic, raw.payload, raw.received_ms, limits)
-                twin = state.apply(decoded, raw.received_ms)
-            except Exception as exc:
-                # A bug must cost one message, not ingest: and since replay applies the journal
-                # again, a message that raised would otherwise stop every restart too.
-                log.exception("a message on %s could not be applied; dead-lettered", raw.topic)
-                detail = f"{type(exc).__name__}: {exc}"
-                decoded = Decoded(None, rejections=[Rejection("internal_error", detail)])
-                twin = None
-            if twin is not None:
-                changed.add(twin)
-            if decoded.rejections:
-                deadletters.add(raw, decoded)
-        return changed
 
     # -- snapshot and replay --------------------------------------------------------------------
 
@@ -319,7 +297,7 @@ class Pipeline:
             self.deadletters.load(data["deadletters"])
         after = self._snapshot_id
         while rows := self.journal.read_after(after):
-            self.react(self._apply([raw for _, raw in rows]))  # committed already
+            self.react(self.apply([raw for _, raw in rows]))  # committed already
             self._write_history()
             after = rows[-1][0]
             self.replayed += len(rows)

@@ -1,7 +1,7 @@
 """The composition root: the running twin, built in the order its data flows.
 
-    MQTT -> Ingest -> Inbox -> Pipeline: Journal (commit) + decode/apply -> FleetState
-         -> react: RiskScorer -> AlertManager -> Outbound (MQTT twin/alert, /stream) + sinks
+    MQTT -> Ingest -> Inbox -> Pipeline: Journal (commit) + Core.apply -> FleetState
+         -> Core.react: RiskScorer -> AlertManager -> Outbound (MQTT twin/alert, /stream) + sinks
     Journal -> Forwarder (one per sink) -> InfluxDB;  FleetState -> the HTTP API
 
 Every collaborator is passed to a constructor; nothing is wired by assignment afterwards.
@@ -14,24 +14,20 @@ import logging
 import time
 
 from twin import sinks
-from twin.alerts import AlertManager, AlertStore, load_rules
+from twin.alerts import load_rules
 from twin.backup import DataDirLock
 from twin.config import Settings
+from twin.core import Core
 from twin.deadletters import DeadLetters
 from twin.forwarder import Forwarder
 from twin.history import HistoryOutbox, HistoryPolicy, HistoryStore
 from twin.ingest import Ingest
 from twin.journal import Journal
 from twin.messages import Limits
-from twin.model import Registry
 from twin.model.fleet import FEATURE_WINDOW_MS
-from twin.outbound import Outbound
 from twin.pipeline import Inbox, Pipeline
-from twin.planning import AllocationLedger
-from twin.risk import RiskScorer
-from twin.state import FleetState, MachineTwin
+from twin.state import FleetState
 from twin.status import ReadingTotals, ScoringStatus, StreamStatus, TwinStatus
-from twin.stream import EventHub
 from twin.timeseries import History
 from twin.topics import Topics
 from twin.trainer import Trainer
@@ -64,7 +60,7 @@ class Twin:
         self.inbox = Inbox()
         self.ingest = Ingest(s, self.topics, self.inbox.put)
 
-        # What goes out: sinks (from the journal), the stream, MQTT twin and alert topics.
+        # What goes out from the journal: one forwarder per sink.
         self.forwarders = [
             Forwarder(
                 sink,
@@ -78,35 +74,21 @@ class Twin:
             )
             for sink in sinks.build(s)
         ]
-        self.hub = EventHub(client_buffer=s.stream_buffer, heartbeat_s=s.stream_heartbeat_s)
-        self.outbound = Outbound(
+        # The core: decode/apply, then the reactions to each durable batch (model, alerts, MQTT
+        # twin and alert topics, the stream, sink points).
+        self.core = Core(
+            s,
             self.state,
+            self.deadletters,
             self.topics,
+            limits,
             self.ingest.publish,
-            self.hub,
-            s.twin_publish_interval_s,
-            s.twin_publish_max_per_s,
+            s.journal_path,
+            risk_listeners=[f.risks for f in self.forwarders],
+            alert_listeners=[f.alert for f in self.forwarders],
         )
-
-        # The reactions to each durable batch: model, then alerts, then what goes out.
-        self.registry = Registry(s.models_dir)
-        self.scorer = RiskScorer(
-            self.state,
-            self.registry,
-            s.score_interval_ms / 1000,
-            listeners=[f.risks for f in self.forwarders],
-        )
-        self.planner = AllocationLedger(self.state, self.scorer, self.hub)
-        self.alerts = AlertManager(
-            self.state,
-            AlertStore(s.journal_path),
-            s.alert_retention_s,
-            listeners=[
-                self.outbound.alert,
-                *(f.alert for f in self.forwarders),
-                self.planner.on_alert,
-            ],
-        )
+        self.hub, self.registry, self.scorer = self.core.hub, self.core.registry, self.core.scorer
+        self.planner, self.alerts = self.core.planner, self.core.alerts
         self.pipeline = Pipeline(
             self.inbox,
             self.journal,
@@ -114,10 +96,9 @@ class Twin:
             outbox,
             self.state,
             self.deadletters,
-            self.topics,
-            limits,
+            apply=self.core.apply,
             ack=self.ingest.ack,
-            react=self._react,
+            react=self.core.react,
             commit_ms=s.journal_commit_ms,
             snapshot_interval_s=s.snapshot_interval_s,
         )
@@ -129,14 +110,6 @@ class Twin:
         self.history = History(self.state, sinks.reader(s))
         self.started_at = time.monotonic()
         self.running = False
-
-    def _react(self, changed: set[MachineTwin]) -> None:
-        """After each durable batch (and when idle): model, then alerts, then what goes out."""
-        scored = self.scorer.observe(changed)
-        touched = changed | scored
-        self.alerts.evaluate(touched)
-        self.alerts.sweep()
-        self.outbound.twins(touched)
 
     def _counts(self) -> tuple[int, int, int]:
         totals = self.state.totals

@@ -1,0 +1,109 @@
+"""The core every front end feeds: decode and apply, then react (score, alerts, what goes out).
+
+`twin serve` feeds it from MQTT through the SQLite journal (`twin.service`); `twin worker` feeds
+it from NATS JetStream, one partition of the fleet at a time (`twin.cluster.worker`). Both call
+the same `apply` and `react`, on one thread: the state's only writer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from twin.alerts import AlertManager, AlertStore
+from twin.alerts.manager import Listener as AlertListener
+from twin.config import Settings
+from twin.deadletters import DeadLetters
+from twin.messages import Decoded, Limits, RawMessage, Rejection, decode
+from twin.model import Registry
+from twin.outbound import Outbound, Publish
+from twin.planning import AllocationLedger
+from twin.risk import RiskListener, RiskScorer
+from twin.state import FleetState, MachineTwin
+from twin.stream import EventHub
+from twin.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class Core:
+    """Decode/apply/score/alert, and the outputs of each reaction: built, never wired later."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: FleetState,
+        deadletters: DeadLetters,
+        topics: Topics,
+        limits: Limits,
+        publish: Publish,
+        alert_store: Path,
+        *,
+        risk_listeners: Sequence[RiskListener] = (),
+        alert_listeners: Sequence[AlertListener] = (),
+    ) -> None:
+        s = settings
+        self.state = state
+        self.deadletters = deadletters
+        self.topics = topics
+        self.limits = limits
+        self.hub = EventHub(client_buffer=s.stream_buffer, heartbeat_s=s.stream_heartbeat_s)
+        self.outbound = Outbound(
+            state,
+            topics,
+            publish,
+            self.hub,
+            s.twin_publish_interval_s,
+            s.twin_publish_max_per_s,
+        )
+        self.registry = Registry(s.models_dir)
+        self.scorer = RiskScorer(
+            state, self.registry, s.score_interval_ms / 1000, listeners=risk_listeners
+        )
+        self.planner = AllocationLedger(state, self.scorer, self.hub)
+        self.alerts = AlertManager(
+            state,
+            AlertStore(alert_store),
+            s.alert_retention_s,
+            listeners=[self.outbound.alert, *alert_listeners, self.planner.on_alert],
+        )
+
+    def apply(self, raws: Sequence[RawMessage]) -> set[MachineTwin]:
+        """Decode and apply; dead-letter what is rejected; return the twins that changed."""
+        return apply_messages(raws, self.topics, self.limits, self.state, self.deadletters)
+
+    def react(self, changed: set[MachineTwin]) -> None:
+        """After each durable batch (and when idle): model, then alerts, then what goes out."""
+        scored = self.scorer.observe(changed)
+        touched = changed | scored
+        self.alerts.evaluate(touched)
+        self.alerts.sweep()
+        self.outbound.twins(touched)
+
+
+def apply_messages(
+    raws: Sequence[RawMessage],
+    topics: Topics,
+    limits: Limits,
+    state: FleetState,
+    deadletters: DeadLetters,
+) -> set[MachineTwin]:
+    """Decode and apply `raws` in order; dead-letter what is rejected; return what changed."""
+    changed = set()
+    for raw in raws:
+        try:
+            decoded = decode(topics, raw.topic, raw.payload, raw.received_ms, limits)
+            twin = state.apply(decoded, raw.received_ms)
+        except Exception as exc:
+            # A bug must cost one message, not ingest: and since replay applies the journal (or
+            # the stream) again, a message that raised would otherwise stop every restart too.
+            log.exception("a message on %s could not be applied; dead-lettered", raw.topic)
+            detail = f"{type(exc).__name__}: {exc}"
+            decoded = Decoded(None, rejections=[Rejection("internal_error", detail)])
+            twin = None
+        if twin is not None:
+            changed.add(twin)
+        if decoded.rejections:
+            deadletters.add(raw, decoded)
+    return changed
