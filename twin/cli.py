@@ -1,4 +1,5 @@
-"""The `twin` command: `serve`, `demo`, `train`, `backup`, `restore`."""
+"""The `twin` command: `serve`, `demo`, `train`, `backup`, `restore`; and in cluster mode
+`cluster init`, `worker`, `api`."""
 
 from __future__ import annotations
 
@@ -160,6 +161,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     load.add_argument("path", type=Path, help="a directory `twin backup` wrote")
 
+    cluster = commands.add_parser(
+        "cluster", help="cluster mode (TWIN_NATS_URL): set up NATS JetStream for the workers"
+    )
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True)
+    cluster_commands.add_parser(
+        "init",
+        help="create or update the streams, partition consumers and buckets (idempotent); "
+        "prints what it did",
+    )
+    commands.add_parser(
+        "worker",
+        help="run a cluster worker: takes its share of the partitions (TWIN_WORKER_ID, "
+        "default the host name)",
+    )
+    api = commands.add_parser(
+        "api", help="run a stateless fleet API over the cluster's streams (any number of them)"
+    )
+    api.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    api.add_argument("--port", type=_port, default=8000, help="HTTP port (8000)")
+
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -181,6 +202,19 @@ def main(argv: list[str] | None = None) -> int:
             log.info("restored %s from %s", settings.data_dir, args.path)
         elif args.command == "train":
             _train(settings, args.csv, args.out, args.seed)
+        elif args.command == "cluster":
+            from twin.cluster.layout import run_init
+
+            for line in run_init(settings):
+                print(line)
+        elif args.command == "worker":
+            from twin.cluster.worker import run
+
+            run(settings)
+        elif args.command == "api":
+            from twin.cluster.api import run as run_api
+
+            run_api(settings, args.host, args.port)
         elif args.command == "demo":
             if args.machines < 1 or args.rate <= 0:
                 parser.error("--machines and --rate must be positive")

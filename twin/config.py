@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
@@ -12,6 +14,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ROLES = ("read", "operate", "admin")
 # What each role may do: operate (ack alerts, allocations) includes read; admin (models) all.
 ROLE_GRANTS = {"read": ("read",), "operate": ("read", "operate"), "admin": ROLES}
+
+
+def _host_id() -> str:
+    """This host's name as a worker id (its first label, in the id's alphabet)."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:64]
+    return name or "worker"
 
 
 class BrokerAddress(BaseModel):
@@ -75,6 +83,12 @@ class Settings(BaseSettings):
     sink_batch: int = Field(default=5000, ge=1, le=100_000)  # points per write at most
     sink_max_delay_ms: int = Field(default=1000, ge=10)  # how long points may wait for a batch
 
+    # Cluster mode: `twin worker` and `twin api` on NATS JetStream (README, "Scaling out").
+    nats_url: str | None = None  # nats://[user:pass@]host[:port][,nats://...]
+    nats_partitions: int = Field(default=32, ge=1, le=1024)  # changing it is a migration
+    worker_id: str = Field(default_factory=lambda: _host_id(), pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    cluster_snapshot_s: float = Field(default=2.0, gt=0, le=60)  # a partition's ack cadence
+
     api_tokens: str = ""  # "token" (every role) or "token:role", comma-separated
     api_read_open: bool = True  # GETs without a token; false: they need one with the read role
     cors_origins: str = ""  # comma-separated origins allowed by CORS; empty: CORS off
@@ -124,6 +138,15 @@ class Settings(BaseSettings):
             token, _, role = item.partition(":")
             out[token] = frozenset(ROLE_GRANTS[role]) if role else frozenset(ROLES)
         return out
+
+    @field_validator("nats_url")
+    @classmethod
+    def _check_nats_url(cls, value: str | None) -> str | None:
+        for url in (value or "").split(","):
+            parts = urlsplit(url.strip())
+            if value is not None and (parts.scheme not in ("nats", "tls") or not parts.hostname):
+                raise ValueError("must look like nats://[user:pass@]host[:port], comma-separated")
+        return value
 
     @field_validator("api_tokens")
     @classmethod

@@ -506,20 +506,44 @@ class FleetState:
 
     # -- snapshot ---------------------------------------------------------------------------
 
-    def dump(self) -> list[dict[str, Any]]:
+    def dump(self, machines: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Every twin, or those of `machines` that exist."""
         with self._lock:
-            return [twin.dump() for twin in self._machines.values()]
+            if machines is None:
+                return [twin.dump() for twin in self._machines.values()]
+            return [self._machines[m].dump() for m in machines if m in self._machines]
 
     def load(self, machines: list[dict[str, Any]]) -> None:
+        """Replace the fleet with the dumped twins."""
         with self._lock:
             self._machines.clear()
             self._ids.clear()
             self._by_site.clear()
             self.totals = Counters()
+            self.adopt(machines)
+
+    def adopt(self, machines: list[dict[str, Any]]) -> None:
+        """Add the dumped twins (a partition taken over), replacing any of the same machine."""
+        with self._lock:
+            self.forget(data["machine"] for data in machines)
             for data in machines:
                 history = LiveHistory(data["machine"], data["site"], self._history, self._outbox)
                 twin = MachineTwin.load(data, self._recent, history)
                 self._add(twin)
-                self.totals.received += twin.counters.received
-                self.totals.duplicates += twin.counters.duplicates
-                self.totals.rejected += twin.counters.rejected
+                self._count(twin.counters, 1)
+
+    def forget(self, machines: Iterable[str]) -> None:
+        """Drop these twins (a partition given up), and their part of the fleet's counters."""
+        with self._lock:
+            for machine in machines:
+                twin = self._machines.pop(machine, None)
+                if twin is None:
+                    continue
+                self._ids.remove(machine)
+                self._by_site[twin.site].remove(machine)
+                self._count(twin.counters, -1)
+
+    def _count(self, counters: Counters, sign: int) -> None:
+        self.totals.received += sign * counters.received
+        self.totals.duplicates += sign * counters.duplicates
+        self.totals.rejected += sign * counters.rejected

@@ -32,6 +32,7 @@ Service = Twin  # for `install`'s signature, so no other API module imports the 
 def bind(app: FastAPI, twin: Twin) -> None:
     """Make `twin` the service every dependency below reads from."""
     app.state.twin = twin
+    app.state.settings = twin.settings
 
 
 def _twin(request: Request) -> Twin:
@@ -54,7 +55,13 @@ def status_source(app: FastAPI) -> Callable[[], TwinStatus]:
     return twin.status
 
 
-SettingsDep = Annotated[Settings, Depends(_part(lambda t: t.settings))]
+def _settings(request: Request) -> Settings:
+    """The settings, also of an app without a `Twin` (the cluster's `twin api`)."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
 StateDep = Annotated[FleetState, Depends(_part(lambda t: t.state))]
 AlertsDep = Annotated[AlertManager, Depends(_part(lambda t: t.alerts))]
 PlannerDep = Annotated[AllocationLedger, Depends(_part(lambda t: t.planner))]

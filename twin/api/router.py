@@ -95,6 +95,12 @@ async def _nothing() -> Message:
     return {"type": "http.disconnect"}
 
 
+def install_errors(app: FastAPI) -> None:
+    """A `TwinError` answers with its category's status; anything else is a logged 500."""
+    app.add_exception_handler(TwinError, _twin_error)
+    app.add_exception_handler(Exception, _internal_error)
+
+
 def install(app: FastAPI, twin: Service) -> None:
     bind(app, twin)
     settings = twin.settings
@@ -105,8 +111,7 @@ def install(app: FastAPI, twin: Service) -> None:
     dashboard.install_dashboard(app)
     for resource in (machines, alerts, allocations, stream, model, deadletters):
         app.include_router(resource.router, dependencies=[ReadAccess], responses=ACCESS_ERRORS)
-    app.add_exception_handler(TwinError, _twin_error)
-    app.add_exception_handler(Exception, _internal_error)
+    install_errors(app)
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(

@@ -1,0 +1,321 @@
+"""`twin api`: the fleet API in cluster mode, stateless.
+
+It holds nothing of its own: the fleet view is the twin-state stream (`TWIN_STATE`, the last
+state of each machine) read from the start and then followed, the machines' active alerts
+come from `TWIN_ALERTS` the same way, and `/cluster` reads the heartbeats, leases and consumer
+states at request time. So any number of these can run, and one restarted is whole again as
+soon as it has read the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import msgspec
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+from nats.js.errors import KeyNotFoundError, NoKeysError
+
+from twin.api.deps import NOT_FOUND, ReadAccess
+from twin.api.router import install_errors
+from twin.api.schemas import MachinePage, MachinePublic
+from twin.cluster.layout import (
+    LEASES,
+    STREAM_ALERTS,
+    STREAM_IN,
+    STREAM_STATE,
+    WORKER_TTL_S,
+    WORKERS,
+    Api,
+    Layout,
+    check,
+    connect,
+    consumer,
+    lease_key,
+)
+from twin.config import Settings
+from twin.errors import NotFound
+from twin.state import SortKey
+
+log = logging.getLogger(__name__)
+
+_SORT = {"machine": "machine", "site": "site", "last_seen": "last_seen", "risk": "probability"}
+
+
+def _probability(twin: dict[str, Any]) -> float:
+    risk = twin.get("risk")
+    return -1.0 if risk is None else float(risk["probability"])
+
+
+class ClusterView:
+    """The fleet as the streams tell it, kept current by following them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.layout = Layout(settings.topic_root, settings.nats_partitions)
+        self.machines: dict[str, dict[str, Any]] = {}
+        self._sorted: list[str] | None = []
+        self._alerts: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}  # machine -> active
+        self._nc: NATS | None = None
+        self.started_at = time.monotonic()
+
+    @property
+    def nc(self) -> NATS:
+        if self._nc is None:
+            raise RuntimeError("not started")
+        return self._nc
+
+    async def start(self) -> None:
+        self._nc = await connect(self.settings, "twin-api")
+        await check(self.nc, self.layout)
+        js = self.nc.jetstream()
+        root = self.settings.topic_root
+        await js.subscribe(
+            f"{root}.*.*.twin",
+            stream=STREAM_STATE,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            cb=self._on_twin,
+        )
+        await js.subscribe(
+            f"{root}.*.*.alert", stream=STREAM_ALERTS, ordered_consumer=True, cb=self._on_alert
+        )
+        log.info("following %s and %s", STREAM_STATE, STREAM_ALERTS)
+
+    async def stop(self) -> None:
+        if self._nc is not None:
+            await self._nc.drain()
+            self._nc = None
+
+    async def _on_twin(self, msg: Msg) -> None:
+        twin = json.loads(msg.data)
+        machine = twin["machine"]
+        known = self.machines.get(machine)
+        if known is not None and known.get("revision", 0) > twin.get("revision", 0):
+            return  # a stalled former owner's late copy
+        if known is None:
+            self._sorted = None
+        self.machines[machine] = twin
+
+    async def _on_alert(self, msg: Msg) -> None:
+        alert = json.loads(msg.data)
+        active = self._alerts.setdefault(alert["machine"], {})
+        key = (alert["rule"], alert["raised_at"])
+        if alert["state"] == "active":
+            active[key] = alert
+        else:
+            active.pop(key, None)
+
+    def alerts_for(self, machine: str) -> list[dict[str, Any]]:
+        return sorted(self._alerts.get(machine, {}).values(), key=lambda a: a["raised_at"])
+
+    def query(
+        self,
+        site: str | None,
+        online: bool | None,
+        sort: SortKey,
+        limit: int,
+        offset: int,
+        min_risk: float | None,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """The same filters, order and paging as `FleetState.query`."""
+        if self._sorted is None:
+            self._sorted = sorted(self.machines)
+        twins = [self.machines[m] for m in self._sorted]
+        if site is not None:
+            twins = [t for t in twins if t["site"] == site]
+        if online is not None:
+            twins = [t for t in twins if t["online"] is online]
+        if min_risk is not None:
+            twins = [t for t in twins if t.get("risk") is not None and _probability(t) >= min_risk]
+        key, reverse = _SORT[sort.lstrip("-")], sort.startswith("-")
+        if key == "probability":
+            twins.sort(key=lambda t: (_probability(t), t["machine"]), reverse=reverse)
+        elif key != "machine":
+            twins.sort(key=lambda t: (t[key], t["machine"]), reverse=reverse)
+        elif reverse:
+            twins.reverse()
+        return len(twins), twins[offset : offset + limit]
+
+    # -- the cluster --------------------------------------------------------------------------
+
+    async def cluster(self) -> dict[str, Any]:
+        js = self.nc.jetstream()
+        api = Api(self.nc)
+        workers_kv, leases_kv = await js.key_value(WORKERS), await js.key_value(LEASES)
+        now = int(time.time() * 1000)
+        workers = []
+        try:
+            names = await workers_kv.keys()
+        except NoKeysError:
+            names = []
+        for name in sorted(names):
+            try:
+                beat = json.loads((await workers_kv.get(name)).value or b"{}")
+            except KeyNotFoundError:
+                continue  # gone since the listing
+            workers.append({"id": name, "last_heartbeat": beat.get("ts"), **_worker(beat)})
+        live = {w["id"] for w in workers if now - (w["last_heartbeat"] or 0) < WORKER_TTL_S * 1000}
+        partitions = []
+        for number in range(self.layout.partitions):
+            try:
+                lease = json.loads((await leases_kv.get(lease_key(number))).value or b"{}")
+            except KeyNotFoundError:
+                lease = {}
+            info = await api.get(f"CONSUMER.INFO.{STREAM_IN}.{consumer(number)}")
+            owner = lease.get("owner")
+            partitions.append(
+                {
+                    "partition": number,
+                    "owner": owner if owner in live else None,
+                    "covered": lease.get("upto", 0),
+                    "lag": info["num_pending"] + info["num_ack_pending"],
+                    "pending": info["num_pending"],
+                    "unacknowledged": info["num_ack_pending"],
+                    "redelivered": info["num_redelivered"],
+                }
+            )
+        streams = {}
+        for name in (STREAM_IN, STREAM_STATE, STREAM_ALERTS):
+            info = await api.get(f"STREAM.INFO.{name}")
+            streams[name] = {
+                "subjects": info["config"]["subjects"],
+                "messages": info["state"]["messages"],
+                "bytes": info["state"]["bytes"],
+                "replicas": info["config"]["num_replicas"],
+            }
+        return {
+            "workers": workers,
+            "partitions": partitions,
+            "layout": {
+                "partitions": self.layout.partitions,
+                "streams": streams,
+                "buckets": [WORKERS, LEASES],
+            },
+        }
+
+    async def health(self) -> dict[str, Any]:
+        problems = []
+        if self._nc is None or not self._nc.is_connected:
+            return {"status": "degraded", "problems": ["not connected to NATS"]}
+        cluster = await self.cluster()
+        orphans = [p["partition"] for p in cluster["partitions"] if p["owner"] is None]
+        if orphans:
+            listed = ", ".join(map(str, orphans[:10])) + (", ..." if len(orphans) > 10 else "")
+            problems.append(f"{len(orphans)} partitions have no owner: {listed}")
+        return {
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "machines": len(self.machines),
+            "workers": len(cluster["workers"]),
+            "lag": sum(p["lag"] for p in cluster["partitions"]),
+        }
+
+
+def _worker(beat: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "partitions": beat.get("partitions", []),
+        "machines": beat.get("machines", 0),
+        "applied": beat.get("applied", 0),
+    }
+
+
+def _view(request: Request) -> ClusterView:
+    view: ClusterView = request.app.state.view
+    return view
+
+
+ViewDep = Annotated[ClusterView, Depends(_view)]
+router = APIRouter(dependencies=[ReadAccess])
+
+
+def _json(payload: Any) -> Response:
+    return Response(msgspec.json.encode(payload), media_type="application/json")
+
+
+@router.get("/machines", response_model=MachinePage, tags=["machines"], summary="List the fleet")
+def list_machines(
+    view: ViewDep,
+    site: Annotated[str | None, Query(max_length=64)] = None,
+    online: bool | None = None,
+    sort: SortKey = "machine",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    min_risk: Annotated[float | None, Query(ge=0, le=1)] = None,
+) -> Response:
+    total, items = view.query(site, online, sort, limit, offset, min_risk)
+    page = [{**m, "alerts": view.alerts_for(m["machine"])} for m in items]
+    return _json({"items": page, "total": total, "limit": limit, "offset": offset})
+
+
+@router.get(
+    "/machines/{machine}",
+    response_model=MachinePublic,
+    tags=["machines"],
+    summary="One machine's twin",
+    responses=NOT_FOUND,
+)
+def get_machine(view: ViewDep, machine: str) -> Response:
+    found = view.machines.get(machine)
+    if found is None:
+        raise NotFound(f"no machine {machine!r} has reported")
+    return _json({**found, "alerts": view.alerts_for(machine)})
+
+
+@router.get("/cluster", tags=["cluster"], summary="Workers, partitions, lag and layout")
+async def get_cluster(view: ViewDep) -> Response:
+    return _json(await view.cluster())
+
+
+@router.get("/health", tags=["operations"], summary="ok, or degraded with the reasons")
+async def get_health(view: ViewDep) -> Response:
+    health = await view.health()
+    return Response(
+        msgspec.json.encode(health),
+        status_code=200 if health["status"] == "ok" else 503,
+        media_type="application/json",
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    view = ClusterView(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await view.start()
+        try:
+            yield
+        finally:
+            await view.stop()
+
+    app = FastAPI(
+        title="factory-twin (cluster)",
+        summary="The fleet's twins from the cluster's streams: stateless, any number of them.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.view = view
+    app.state.settings = settings
+    install_errors(app)
+    app.include_router(router)
+    return app
+
+
+def run(settings: Settings, host: str, port: int) -> None:
+    """`twin api`."""
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )

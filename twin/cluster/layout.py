@@ -1,0 +1,273 @@
+"""The cluster's layout on JetStream: streams, the partition consumers, buckets; and the
+subject contract between MQTT topics and NATS subjects.
+
+    devices (MQTT 3.1.1, QoS 1) -> nats-server's MQTT listener -> {root}.{site}.{machine}.{kind}
+      -> stream TWIN_IN, stored as twin.in.{partition(P, site, machine)}.{site}.{machine}.{kind}
+      -> durable pull consumer part-NNN per partition, priority group "twin", pinned_client
+      -> the worker that holds the partition's lease (KV twin_partitions, compare-and-swap)
+    workers -> {root}.{site}.{machine}.twin -> stream TWIN_STATE (the last per machine)
+            -> {root}.{site}.{machine}.alert -> stream TWIN_ALERTS
+    heartbeats: KV twin_workers (entries expire); snapshots: object store twin_snapshots
+
+`init` creates or updates all of it and says what it did; `check` is what a worker and the API
+run first: they refuse a missing or different layout, since a worker of another partition count
+would apply machines to the wrong partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError, NoServersError, TimeoutError
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+
+from twin.config import Settings
+from twin.errors import TwinError
+
+log = logging.getLogger(__name__)
+
+STREAM_IN = "TWIN_IN"
+STREAM_STATE = "TWIN_STATE"
+STREAM_ALERTS = "TWIN_ALERTS"
+WORKERS = "twin_workers"  # KV: worker id -> heartbeat (partitions held), expiring
+LEASES = "twin_partitions"  # KV: p.NNN -> lease (owner, covered stream sequence, snapshot)
+SNAPSHOTS = "twin_snapshots"  # object store: a partition's state, named by its lease
+GROUP = "twin"  # the priority group of every partition consumer
+IN_PREFIX = "twin.in"
+
+HEARTBEAT_S = 1.0  # a worker's heartbeat period
+WORKER_TTL_S = 5.0  # a worker is gone when its heartbeat is this old
+PIN_TIMEOUT_S = 5.0  # the server moves a pin after this long without a pull from its holder
+ACK_WAIT_S = 60.0  # a delivered, unacknowledged message is redelivered after this
+MAX_ACK_PENDING = 200_000  # per partition: acknowledged once per snapshot (cluster_snapshot_s)
+DUPLICATE_WINDOW_S = 120.0
+IN_MAX_AGE_S = 7 * 24 * 3600.0  # how long the input stream keeps readings (the replay horizon)
+ALERTS_MAX_AGE_S = 30 * 24 * 3600.0
+_NS = 1_000_000_000
+
+
+class ClusterError(TwinError):
+    """The cluster cannot be used as asked: no server, a missing or different layout."""
+
+
+def consumer(partition: int) -> str:
+    return f"part-{partition:03d}"
+
+
+def lease_key(partition: int) -> str:
+    return f"p.{partition:03d}"
+
+
+def partition_filter(partition: int) -> str:
+    return f"{IN_PREFIX}.{partition}.>"
+
+
+def to_nats(topic: str) -> str:
+    """An MQTT topic as nats-server's MQTT listener maps it: '.' -> '//', '/' -> '.'."""
+    return topic.replace(".", "//").replace("/", ".")
+
+
+def to_topic(root: str, tokens: list[str]) -> str:
+    """The MQTT topic of a stored input subject's site, machine and kind tokens."""
+    return "/".join([root, *(t.replace("//", ".") for t in tokens)])
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    root: str  # TWIN_TOPIC_ROOT
+    partitions: int  # TWIN_NATS_PARTITIONS
+
+    def streams(self) -> dict[str, dict[str, Any]]:
+        r = self.root
+        return {
+            STREAM_IN: {
+                "name": STREAM_IN,
+                "subjects": [f"{r}.*.*.telemetry", f"{r}.*.*.status", f"{r}.*.*.event"],
+                "subject_transform": {
+                    "src": f"{r}.*.*.*",
+                    "dest": f"{IN_PREFIX}.{{{{partition({self.partitions},1,2)}}}}"
+                    ".{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}",
+                },
+                "storage": "file",
+                "retention": "limits",
+                "discard": "old",
+                "max_age": int(IN_MAX_AGE_S * _NS),
+                "duplicate_window": int(DUPLICATE_WINDOW_S * _NS),
+                "metadata": {"twin.partitions": str(self.partitions), "twin.root": r},
+            },
+            STREAM_STATE: {
+                "name": STREAM_STATE,
+                "subjects": [f"{r}.*.*.twin"],
+                "storage": "file",
+                "max_msgs_per_subject": 1,
+                "allow_direct": True,
+            },
+            STREAM_ALERTS: {
+                "name": STREAM_ALERTS,
+                "subjects": [f"{r}.*.*.alert"],
+                "storage": "file",
+                "max_age": int(ALERTS_MAX_AGE_S * _NS),
+            },
+        }
+
+    def consumers(self) -> dict[str, dict[str, Any]]:
+        return {
+            consumer(p): {
+                "durable_name": consumer(p),
+                "filter_subject": partition_filter(p),
+                "deliver_policy": "all",
+                "ack_policy": "all",  # one acknowledgement per snapshot covers the batch
+                "ack_wait": int(ACK_WAIT_S * _NS),
+                "max_ack_pending": MAX_ACK_PENDING,
+                "max_deliver": -1,
+                "priority_groups": [GROUP],
+                "priority_policy": "pinned_client",
+                "priority_timeout": int(PIN_TIMEOUT_S * _NS),
+            }
+            for p in range(self.partitions)
+        }
+
+
+async def connect(settings: Settings, name: str) -> NATS:
+    """Connect to the cluster (`TWIN_NATS_URL`); reconnects for ever once connected."""
+    if not settings.nats_url:
+        raise ClusterError("cluster mode needs TWIN_NATS_URL (e.g. nats://127.0.0.1:4222)")
+    servers = [u.strip() for u in settings.nats_url.split(",")]
+    try:
+        return await nats.connect(
+            servers=servers,
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            connect_timeout=5,
+            allow_reconnect=True,
+        )
+    except (OSError, NoServersError, TimeoutError) as exc:
+        raise ClusterError(f"cannot reach NATS at {settings.nats_url}: {exc}") from exc
+
+
+def run_init(settings: Settings) -> list[str]:
+    """`twin cluster init`."""
+
+    async def main() -> list[str]:
+        nc = await connect(settings, "twin-cluster-init")
+        try:
+            return await init(nc, Layout(settings.topic_root, settings.nats_partitions))
+        finally:
+            await nc.close()
+
+    return asyncio.run(main())
+
+
+class Api:
+    """JetStream's JSON API, for what nats-py has no call for (priority groups, pins)."""
+
+    def __init__(self, nc: NATS, timeout_s: float = 5.0) -> None:
+        self.nc = nc
+        self.timeout_s = timeout_s
+
+    async def call(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        payload = b"" if body is None else json.dumps(body).encode()
+        try:
+            reply = await self.nc.request(f"$JS.API.{subject}", payload, timeout=self.timeout_s)
+        except NoRespondersError as exc:
+            raise ClusterError("the NATS server has no JetStream (start it with -js)") from exc
+        except TimeoutError as exc:
+            raise ClusterError(f"JetStream did not answer {subject} in time") from exc
+        data: dict[str, Any] = json.loads(reply.data)
+        return data
+
+    async def get(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Like `call`, raising the API's error."""
+        data = await self.call(subject, body)
+        if "error" in data:
+            error = data["error"]
+            raise ClusterError(f"{subject}: {error.get('description')} ({error.get('err_code')})")
+        return data
+
+    async def unpin(self, partition: int) -> None:
+        await self.get(f"CONSUMER.UNPIN.{STREAM_IN}.{consumer(partition)}", {"group": GROUP})
+
+
+def _differs(want: dict[str, Any], have: dict[str, Any]) -> list[str]:
+    """The settings of `want` that `have` does not match (the server adds its own fields)."""
+    return sorted(k for k, v in want.items() if k != "metadata" and have.get(k) != v)
+
+
+async def init(nc: NATS, layout: Layout) -> list[str]:
+    """Create or update every stream, consumer and bucket; return a line for each."""
+    api, done = Api(nc), []
+    existing = await api.call(f"STREAM.INFO.{STREAM_IN}")
+    if "error" not in existing:
+        have = existing["config"].get("metadata", {}).get("twin.partitions")
+        if have is not None and int(have) != layout.partitions:
+            raise ClusterError(
+                f"{STREAM_IN} has {have} partitions, the settings say {layout.partitions}: "
+                "changing the partition count is a migration (README, Scaling out); "
+                "set TWIN_NATS_PARTITIONS back"
+            )
+    for name, config in layout.streams().items():
+        info = await api.call(f"STREAM.INFO.{name}")
+        if "error" in info:
+            await api.get(f"STREAM.CREATE.{name}", config)
+            done.append(f"created stream {name}")
+        elif _differs(config, info["config"]):
+            await api.get(f"STREAM.UPDATE.{name}", {**info["config"], **config})
+            done.append(f"updated stream {name}: {', '.join(_differs(config, info['config']))}")
+        else:
+            done.append(f"stream {name} is as configured")
+    created = updated = 0
+    for name, config in layout.consumers().items():
+        info = await api.call(f"CONSUMER.INFO.{STREAM_IN}.{name}")
+        if "error" not in info and not _differs(config, info["config"]):
+            continue
+        await api.get(
+            f"CONSUMER.CREATE.{STREAM_IN}.{name}", {"stream_name": STREAM_IN, "config": config}
+        )
+        created, updated = (created + 1, updated) if "error" in info else (created, updated + 1)
+    kept = layout.partitions - created - updated
+    done.append(f"partition consumers: {created} created, {updated} updated, {kept} as configured")
+    js = nc.jetstream()
+    for bucket, ttl in ((WORKERS, WORKER_TTL_S), (LEASES, None)):
+        try:
+            await js.key_value(bucket)
+            done.append(f"bucket {bucket} exists")
+        except Exception:
+            await js.create_key_value(
+                KeyValueConfig(bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE)
+            )
+            done.append(f"created bucket {bucket}")
+    try:
+        await js.object_store(SNAPSHOTS)
+        done.append(f"object store {SNAPSHOTS} exists")
+    except Exception:
+        await js.create_object_store(SNAPSHOTS, ObjectStoreConfig(storage=StorageType.FILE))
+        done.append(f"created object store {SNAPSHOTS}")
+    return done
+
+
+async def check(nc: NATS, layout: Layout) -> None:
+    """Raise `ClusterError` saying what to do when the layout is missing or different."""
+    api = Api(nc)
+    fix = "run `twin cluster init` with the same TWIN_NATS_PARTITIONS and TWIN_TOPIC_ROOT"
+    for name, want in layout.streams().items():
+        info = await api.call(f"STREAM.INFO.{name}")
+        if "error" in info:
+            raise ClusterError(f"stream {name} is missing: {fix}")
+        if differs := _differs(want, info["config"]):
+            raise ClusterError(f"stream {name} differs ({', '.join(differs)}): {fix}")
+    for name, want in layout.consumers().items():
+        info = await api.call(f"CONSUMER.INFO.{STREAM_IN}.{name}")
+        if "error" in info:
+            raise ClusterError(f"consumer {name} of {STREAM_IN} is missing: {fix}")
+        if differs := _differs(want, info["config"]):
+            raise ClusterError(f"consumer {name} differs ({', '.join(differs)}): {fix}")
+    for bucket in (f"KV_{WORKERS}", f"KV_{LEASES}", f"OBJ_{SNAPSHOTS}"):
+        if "error" in await api.call(f"STREAM.INFO.{bucket}"):
+            raise ClusterError(f"bucket {bucket} is missing: {fix}")

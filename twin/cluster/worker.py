@@ -1,0 +1,505 @@
+"""`twin worker`: the twin's core fed by JetStream, a share of the fleet's partitions at a time.
+
+Each partition of the input stream has a durable pull consumer in a `pinned_client` priority
+group, and a lease in the `twin_partitions` bucket. Ownership is the lease: a worker takes a
+partition by a compare-and-swap on the lease's revision, and every snapshot it writes later is
+another compare-and-swap, so a stalled former owner's write fails and it drops the partition
+(the pin only steers delivery; the server does not promise exclusivity). A worker
+
+1. heartbeats into `twin_workers` (entries expire after `WORKER_TTL_S`) with the partitions it
+   holds, and takes partitions whose lease has no live owner, up to its fair share
+   (ceil(P / live workers)), preferring its own (rendezvous hashing, so workers prefer
+   different ones); above its share it gives the least preferred back;
+2. on taking a partition, loads the lease's snapshot (object store) and replays the stream
+   after the sequence it covers, then pulls the partition's consumer in batches;
+3. applies each batch through `Core.apply` and reacts through `Core.react` on one thread (the
+   state's only writer), skipping deliveries at or below the sequence it has applied (they are
+   redeliveries of what a former owner was sent, or of what the replay read);
+4. every `cluster_snapshot_s`, for each partition that moved: snapshot, lease update (CAS),
+   then one ack-all for everything the snapshot covers. The stream is the journal.
+
+`SIGTERM` (or `stop`) snapshots, acknowledges, frees and unpins every partition, and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, KeyValueError, NoKeysError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from twin.alerts import load_rules
+from twin.backup import DataDirLock
+from twin.cluster.layout import (
+    GROUP,
+    HEARTBEAT_S,
+    LEASES,
+    SNAPSHOTS,
+    STREAM_IN,
+    WORKERS,
+    Api,
+    ClusterError,
+    Layout,
+    check,
+    connect,
+    consumer,
+    lease_key,
+    partition_filter,
+    to_nats,
+    to_topic,
+)
+from twin.config import Settings
+from twin.core import Core
+from twin.deadletters import DeadLetters
+from twin.history import HistoryOutbox, HistoryPolicy, HistoryStore
+from twin.messages import Limits, RawMessage
+from twin.model.fleet import FEATURE_WINDOW_MS
+from twin.state import FleetState
+from twin.topics import Topics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_BATCH = 1000  # messages one pull asks for
+_PULL_EXPIRES_S = 1.0  # how long the server holds a pull open
+_IDLE_REACT_S = 0.5  # time-based rules and scoring run this often without traffic
+
+
+@dataclass
+class Lease:
+    """A partition's entry in `twin_partitions`."""
+
+    owner: str | None
+    upto: int  # the stream sequence the snapshot covers
+    snapshot: str | None  # its object's name
+    revision: int
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"owner": self.owner, "upto": self.upto, "snapshot": self.snapshot}
+        ).encode()
+
+
+@dataclass
+class Partition:
+    """One partition this worker holds."""
+
+    number: int
+    lease: Lease
+    upto: int  # highest stream sequence applied
+    machines: set[str] = field(default_factory=set)
+    pin: str | None = None
+    last_reply: str | None = None  # the ack subject of the newest delivery applied
+    applied: int = 0  # messages applied since taken
+    skipped: int = 0  # deliveries at or below `upto`: redeliveries
+    task: asyncio.Task[None] | None = None
+
+
+def _rank(worker: str, partition: int) -> bytes:
+    """Rendezvous hashing: each worker ranks the partitions in its own order."""
+    return hashlib.blake2b(f"{worker}/{partition}".encode(), digest_size=8).digest()
+
+
+def _sequence_and_ms(reply: str) -> tuple[int, int]:
+    """Stream sequence and store time (ms) of a delivery, from its ack subject."""
+    tokens = reply.split(".")
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending> (9 tokens), or the
+    # 2.10 form with <domain>.<account hash> after ACK (and a random token at the end).
+    seq, ns = (tokens[5], tokens[7]) if len(tokens) == 9 else (tokens[7], tokens[9])
+    return int(seq), int(ns) // 1_000_000
+
+
+def _open(handle: T | None) -> T:
+    if handle is None:
+        raise ClusterError("not connected to NATS")
+    return handle
+
+
+class Worker:
+    """One worker process; `run` until `stop` (or SIGTERM)."""
+
+    def __init__(self, settings: Settings) -> None:
+        s = self.settings = settings
+        self.id = s.worker_id
+        self.layout = Layout(s.topic_root, s.nats_partitions)
+        self.topics = Topics(s.topic_root)
+        self.lock = DataDirLock(s.data_dir)
+        self.outbox = HistoryOutbox()
+        self.state = FleetState(
+            s.recent_readings,
+            s.stats_window_s,
+            HistoryPolicy(s.history_bucket_s * 1000, FEATURE_WINDOW_MS),
+            self.outbox,
+        )
+        self.deadletters = DeadLetters(s.deadletter_max)
+        self._out: list[tuple[str, bytes]] = []  # published by the core thread, sent by the loop
+        store = s.data_dir / "worker.sqlite3"
+        limits = Limits(s.max_payload_bytes, s.max_batch, int(s.max_future_s * 1000))
+        self.core = Core(s, self.state, self.deadletters, self.topics, limits, self._publish, store)
+        self.history = HistoryStore(store)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin-core")
+        self.partitions: dict[int, Partition] = {}
+        self.taken = 0
+        self.given = 0
+        self.lost = 0
+        self._stopping = asyncio.Event()
+        self._nc: NATS | None = None
+        self._workers: KeyValue | None = None
+        self._leases: KeyValue | None = None
+        self._snapshots: ObjectStore | None = None
+        self._busy = asyncio.Lock()  # taking, giving back and snapshots, one at a time
+
+    # -- the core thread ----------------------------------------------------------------------
+
+    def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self._out.append((to_nats(topic), payload))  # the core thread; the loop sends them
+
+    async def _core(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the core thread, then send what it published."""
+        result = await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        out, self._out = self._out, []
+        for subject, payload in out:
+            await self.nc.publish(subject, payload)
+        return result
+
+    def _apply(self, part: Partition, msgs: Iterable[Msg]) -> int:
+        """Apply the deliveries above the partition's sequence, in order; react; return how
+        many were applied. Core thread."""
+        raws, root, machines = [], self.settings.topic_root, part.machines
+        for msg in msgs:
+            seq, stored_ms = _sequence_and_ms(msg.reply)
+            part.last_reply = msg.reply
+            if seq <= part.upto:
+                part.skipped += 1
+                continue
+            part.upto = seq
+            tokens = msg.subject.split(".")[3:]
+            if len(tokens) == 3:
+                machines.add(tokens[1].replace("//", "."))
+            raws.append(RawMessage(to_topic(root, tokens), msg.data, stored_ms))
+        self.core.react(self.core.apply(raws))
+        if self.outbox.pending:
+            self.history.write(*self.outbox.drain())
+        part.applied += len(raws)
+        return len(raws)
+
+    def _dump(self, part: Partition) -> tuple[bytes, int, str | None]:
+        blob = msgspec.json.encode({"machines": self.state.dump(part.machines)})
+        return blob, part.upto, part.last_reply
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def nc(self) -> NATS:
+        if self._nc is None:
+            raise ClusterError("not connected to NATS")
+        return self._nc
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        s = self.settings
+        rules = load_rules(s.alert_rules)
+        self.lock.acquire()
+        try:
+            self._nc = await connect(s, f"twin-worker-{self.id}")
+            await check(self.nc, self.layout)
+            js = self.nc.jetstream()
+            self._workers = await js.key_value(WORKERS)
+            self._leases = await js.key_value(LEASES)
+            self._snapshots = await js.object_store(SNAPSHOTS)
+            self.core.alerts.open(rules)
+            self.history.open()
+            await asyncio.get_running_loop().run_in_executor(self._thread, self.core.scorer.start)
+            log.info(
+                "worker %s: %d partitions, snapshots every %.1f s",
+                self.id,
+                self.layout.partitions,
+                s.cluster_snapshot_s,
+            )
+            await self._heartbeat()
+            await asyncio.sleep(2 * HEARTBEAT_S)  # workers started together see each other
+            tasks = [
+                asyncio.create_task(self._every(HEARTBEAT_S, self._heartbeat)),
+                asyncio.create_task(self._every(HEARTBEAT_S, self._balance)),
+                asyncio.create_task(self._every(s.cluster_snapshot_s, self._snapshot_all)),
+                asyncio.create_task(self._every(_IDLE_REACT_S, self._idle)),
+            ]
+            await self._stopping.wait()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            async with self._busy:
+                for number in list(self.partitions):
+                    await self._give_back(number)
+            await _open(self._workers).delete(self.id)
+        finally:
+            if self._nc is not None:
+                await self._nc.drain()
+            self._thread.shutdown()
+            self.history.close()
+            self.core.alerts.close()
+            self.lock.release()
+        log.info(
+            "worker %s stopped: took %d partitions, gave back %d", self.id, self.taken, self.given
+        )
+
+    async def _every(self, period_s: float, step: Callable[[], Any]) -> None:
+        while True:
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; trying again", step.__name__)
+            await asyncio.sleep(period_s)
+
+    async def _heartbeat(self) -> None:
+        beat = {
+            "partitions": sorted(self.partitions),
+            "ts": int(time.time() * 1000),
+            "machines": len(self.state),
+            "applied": sum(p.applied for p in self.partitions.values()),
+        }
+        await _open(self._workers).put(self.id, json.dumps(beat).encode())
+
+    async def _idle(self) -> None:
+        await self._core(self.core.react, set())
+
+    # -- partitions ---------------------------------------------------------------------------
+
+    async def _live(self) -> set[str]:
+        try:
+            return set(await _open(self._workers).keys())
+        except NoKeysError:
+            return set()
+
+    async def _lease(self, number: int) -> Lease | None:
+        try:
+            entry = await _open(self._leases).get(lease_key(number))
+        except KeyNotFoundError:
+            return None
+        data = json.loads(entry.value or b"{}")
+        return Lease(
+            data.get("owner"), data.get("upto", 0), data.get("snapshot"), entry.revision or 0
+        )
+
+    async def _balance(self) -> None:
+        async with self._busy:
+            live = await self._live() | {self.id}
+            share = math.ceil(self.layout.partitions / len(live))
+            held = sorted(self.partitions, key=lambda p: _rank(self.id, p))
+            for number in held[share:]:
+                await self._give_back(number)
+            if len(self.partitions) >= share:
+                return
+            wanted = sorted(
+                (p for p in range(self.layout.partitions) if p not in self.partitions),
+                key=lambda p: _rank(self.id, p),
+            )
+            for number in wanted:
+                if len(self.partitions) >= share or self._stopping.is_set():
+                    break
+                lease = await self._lease(number)
+                if lease is None or lease.owner is None or lease.owner not in live:
+                    await self._take(number, lease)
+
+    async def _take(self, number: int, lease: Lease | None) -> None:
+        """Claim the lease (CAS), load its snapshot, replay after it, start pulling."""
+        mine = (
+            Lease(self.id, 0, None, 0)
+            if lease is None
+            else Lease(self.id, lease.upto, lease.snapshot, lease.revision)
+        )
+        try:
+            if lease is None:
+                mine.revision = await _open(self._leases).create(lease_key(number), mine.encode())
+            else:
+                mine.revision = await _open(self._leases).update(
+                    lease_key(number), mine.encode(), last=lease.revision
+                )
+        except KeyValueError:
+            return  # another worker claimed it first
+        started = time.monotonic()
+        part = Partition(number, mine, mine.upto)
+        if mine.snapshot is not None:
+            blob = (await _open(self._snapshots).get(mine.snapshot)).data or b"{}"
+            machines = msgspec.json.decode(blob)["machines"]
+            await self._core(self.state.adopt, machines)
+            part.machines = {m["machine"] for m in machines}
+        replayed = await self._replay(part)
+        part.task = asyncio.create_task(self._pull(part))
+        self.partitions[number] = part
+        self.taken += 1
+        log.info(
+            "took partition %d: %d machines from its snapshot at sequence %d, replayed %d "
+            "messages, in %.2f s",
+            number,
+            len(part.machines),
+            mine.upto,
+            replayed,
+            time.monotonic() - started,
+        )
+
+    async def _replay(self, part: Partition) -> int:
+        """Apply what the stream holds for the partition after the snapshot."""
+        js = self.nc.jetstream()
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=part.upto + 1,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0,
+        )
+        sub = await js.pull_subscribe(
+            partition_filter(part.number), stream=STREAM_IN, config=config
+        )
+        replayed = 0
+        try:
+            pending = (await sub.consumer_info()).num_pending
+            while pending:
+                msgs = await sub.fetch(min(pending, _BATCH), timeout=5)
+                replayed += await self._core(self._apply, part, msgs)
+                pending = msgs[-1].metadata.num_pending
+        finally:
+            await sub.unsubscribe()
+        return replayed
+
+    async def _pull(self, part: Partition) -> None:
+        """Pull the partition's consumer in batches, with its pin once the server gives one."""
+        arrived: list[Msg] = []
+        wake = asyncio.Event()
+
+        async def on_message(msg: Msg) -> None:
+            arrived.append(msg)
+            wake.set()
+
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=on_message, pending_msgs_limit=4 * _BATCH)
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM_IN}.{consumer(part.number)}"
+        try:
+            while True:
+                try:
+                    await self._pull_once(part, next_subject, inbox, arrived, wake)
+                except (asyncio.CancelledError, ClusterError):
+                    raise
+                except Exception as exc:  # the connection, mostly: nats-py reconnects
+                    log.warning("pulling partition %d failed (%s); again in 1 s", part.number, exc)
+                    await asyncio.sleep(1)
+        finally:
+            await sub.unsubscribe()
+
+    async def _pull_once(
+        self,
+        part: Partition,
+        next_subject: str,
+        inbox: str,
+        arrived: list[Msg],
+        wake: asyncio.Event,
+    ) -> None:
+        """One pull request, applied as its messages arrive."""
+        expires_ns = int(_PULL_EXPIRES_S * 1e9)
+        request: dict[str, Any] = {"batch": _BATCH, "expires": expires_ns, "group": GROUP}
+        if part.pin is not None:
+            request["id"] = part.pin
+        await self.nc.publish(next_subject, json.dumps(request).encode(), reply=inbox)
+        outstanding, deadline = _BATCH, time.monotonic() + _PULL_EXPIRES_S + 0.5
+        while outstanding > 0 and time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(wake.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+            wake.clear()
+            msgs, arrived[:] = list(arrived), []
+            data = []
+            for msg in msgs:
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status is not None:
+                    outstanding = 0  # the request is over
+                    if status == "423":  # the pin moved: to whom, the lease says
+                        part.pin = None
+                    continue
+                part.pin = headers.get("Nats-Pin-Id", part.pin)
+                data.append(msg)
+            outstanding -= len(data)
+            if data:
+                await self._core(self._apply, part, data)
+
+    async def _snapshot_all(self) -> None:
+        async with self._busy:
+            for number in list(self.partitions):
+                part = self.partitions[number]
+                if part.upto > part.lease.upto:
+                    await self._snapshot(part, self.id)
+
+    async def _snapshot(self, part: Partition, owner: str | None) -> bool:
+        """Write the partition's state, move its lease (CAS), ack what it covers; a failed
+        CAS means another worker holds the lease now: drop the partition."""
+        blob, upto, reply = await self._core(self._dump, part)
+        name = f"p{part.number:03d}-{upto}-{self.id}"
+        await _open(self._snapshots).put(name, blob)
+        lease = Lease(owner, upto, name, part.lease.revision)
+        try:
+            lease.revision = await _open(self._leases).update(
+                lease_key(part.number), lease.encode(), last=part.lease.revision
+            )
+        except KeyValueError:
+            await _open(self._snapshots).delete(name)
+            log.warning("partition %d is leased to another worker now: dropping it", part.number)
+            self.lost += 1
+            await self._drop(part)
+            return False
+        previous, part.lease = part.lease.snapshot, lease
+        if previous is not None and previous != name:
+            await _open(self._snapshots).delete(previous)
+        if reply is not None:
+            await self.nc.publish(reply, b"+ACK")  # ack-all: everything up to this delivery
+        return True
+
+    async def _give_back(self, number: int) -> None:
+        """Stop pulling, snapshot and ack, free the lease, unpin."""
+        part = self.partitions[number]
+        if part.task is not None:
+            part.task.cancel()
+            await asyncio.gather(part.task, return_exceptions=True)
+        if await self._snapshot(part, None):
+            await Api(self.nc).unpin(number)
+            await self._drop(part)
+            self.given += 1
+            log.info("gave partition %d back at sequence %d", number, part.upto)
+
+    async def _drop(self, part: Partition) -> None:
+        if part.task is not None:
+            part.task.cancel()
+            await asyncio.gather(part.task, return_exceptions=True)
+        self.partitions.pop(part.number, None)
+        await self._core(self.state.forget, list(part.machines))
+
+
+def run(settings: Settings) -> None:
+    """`twin worker`: run until SIGTERM or SIGINT."""
+
+    async def main() -> None:
+        worker = Worker(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+
+    asyncio.run(main())
