@@ -15,6 +15,7 @@ import pytest
 from tests.services import (
     InfluxDB1,
     Mosquitto,
+    NatsServer,
     ServiceMissing,
     TwinProcess,
     VictoriaMetrics,
@@ -144,3 +145,9 @@ def feed_t(twin: Twin, machine: str, value: float, seq: int) -> None:
     """One reading of signal `t` (the `served` twin's alert rule) from `machine`, not awaited."""
     body = {"seq": seq, "values": {"t": value}}
     feed_pipeline(twin, (f"factory/s1/{machine}/telemetry", body), wait=None)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """nats-server with JetStream and an MQTT listener, on free loopback ports."""
+    yield from _running(lambda: NatsServer(tmp_path / "nats"))

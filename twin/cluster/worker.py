@@ -51,6 +51,7 @@ from twin.cluster.layout import (
     LEASES,
     SNAPSHOTS,
     STREAM_IN,
+    WORKER_TTL_S,
     WORKERS,
     Api,
     ClusterError,
@@ -285,10 +286,21 @@ class Worker:
     # -- partitions ---------------------------------------------------------------------------
 
     async def _live(self) -> set[str]:
+        """The workers whose heartbeat is recent (the bucket expires entries lazily)."""
+        workers, live = _open(self._workers), set[str]()
         try:
-            return set(await _open(self._workers).keys())
+            names = await workers.keys()
         except NoKeysError:
-            return set()
+            return live
+        now = time.time() * 1000
+        for name in names:
+            try:
+                beat = json.loads((await workers.get(name)).value or b"{}")
+            except KeyNotFoundError:
+                continue
+            if now - beat.get("ts", 0) < WORKER_TTL_S * 1000:
+                live.add(name)
+        return live
 
     async def _lease(self, number: int) -> Lease | None:
         try:
@@ -317,7 +329,8 @@ class Worker:
                 if len(self.partitions) >= share or self._stopping.is_set():
                     break
                 lease = await self._lease(number)
-                if lease is None or lease.owner is None or lease.owner not in live:
+                # Free, its owner gone, or this worker's own from before a restart.
+                if lease is None or lease.owner in (None, self.id) or lease.owner not in live:
                     await self._take(number, lease)
 
     async def _take(self, number: int, lease: Lease | None) -> None:

@@ -1,0 +1,276 @@
+"""Cluster mode against a real nats-server: devices publish MQTT to its listener, `twin worker`
+processes hold the partitions, `twin api` serves the fleet from the streams."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devices.fleet import Fleet, FleetOptions
+from tests.services import ClusterProcess, NatsServer, free_port, wait_until
+from twin.config import Settings
+from twin.topics import Topics
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 12
+
+
+class Cluster:
+    """Workers and APIs on one nats-server, each a real process with its own data dir."""
+
+    def __init__(self, nats: NatsServer, tmp: Path, models: Path, partitions: int = PARTITIONS):
+        self.nats = nats
+        self.tmp = tmp
+        self.models = models
+        self.partitions = partitions
+        self.workers: dict[str, ClusterProcess] = {}
+        self.api_port = free_port()
+        self.api: ClusterProcess | None = None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "TWIN_NATS_URL": self.nats.url,
+            "TWIN_NATS_PARTITIONS": str(self.partitions),
+            "TWIN_CLUSTER_SNAPSHOT_S": "1",
+            **extra,
+        }
+
+    def init(self) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "twin", "cluster", "init"],
+            env={**os.environ, **self.env()},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def worker(self, name: str) -> ClusterProcess:
+        data = self.tmp / name
+        if not (data / "models").exists():
+            shutil.copytree(self.models, data / "models")
+        env = self.env(TWIN_WORKER_ID=name, TWIN_DATA_DIR=str(data))
+        worker = self.workers[name] = ClusterProcess(["worker"], env, self.tmp / f"{name}.log")
+        worker.start()
+        return worker
+
+    def start_api(self) -> None:
+        args = ["api", "--port", str(self.api_port)]
+        self.api = ClusterProcess(args, self.env(), self.tmp / "api.log")
+        self.api.start()
+        wait_until(self._answers, 30, "twin api to answer")
+
+    def _answers(self) -> bool:
+        assert self.api is not None
+        self.api.logged("")  # raises if it exited
+        try:
+            self.get("/machines?limit=1")
+            return True
+        except OSError:
+            return False
+
+    def get(self, path: str) -> Any:
+        url = f"http://127.0.0.1:{self.api_port}{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.load(response)
+
+    def owners(self) -> dict[int, str | None]:
+        return {p["partition"]: p["owner"] for p in self.get("/cluster")["partitions"]}
+
+    def held(self) -> dict[str, list[int]]:
+        return {w["id"]: w["partitions"] for w in self.get("/cluster")["workers"] if w["live"]}
+
+    def settled(self, names: set[str]) -> bool:
+        """Every partition owned by one of `names`, none of them above its fair share."""
+        cluster = self.get("/cluster")
+        owners = [p["owner"] for p in cluster["partitions"]]
+        share = -(-self.partitions // len(names))
+        counts = [owners.count(n) for n in names]
+        return all(o in names for o in owners) and max(counts) <= share
+
+    def machines(self) -> dict[str, dict[str, Any]]:
+        page = self.get("/machines?limit=1000")
+        items = page["items"]
+        while len(items) < page["total"]:
+            page = self.get(f"/machines?limit=1000&offset={len(items)}")
+            items += page["items"]
+        return {m["machine"]: m for m in items}
+
+    def close(self) -> None:
+        for process in [*self.workers.values(), self.api]:
+            if process is not None:
+                process.close()
+
+
+@pytest.fixture
+def cluster(nats_server: NatsServer, tmp_path: Path, models_dir: Path) -> Iterator[Cluster]:
+    running = Cluster(nats_server, tmp_path, models_dir)
+    running.init()
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def fleet(nats: NatsServer, machines: int, count: int, rate: float, site: str = "s1") -> Fleet:
+    """The simulator, publishing MQTT 3.1.1 at QoS 1 to nats-server's MQTT listener."""
+    broker = Settings(_env_file=None, mqtt_url=nats.mqtt_url).broker  # type: ignore[call-arg]
+    options = FleetOptions(machines, rate, site, 7, 1, count, "3.1.1")
+    devices = Fleet(broker, Topics(), options)
+    devices.start(connect_timeout=60)
+    return devices
+
+
+def all_received(cluster: Cluster, machines: int, count: int) -> bool:
+    seen = cluster.machines()
+    return len(seen) == machines and all(m["counters"]["received"] == count for m in seen.values())
+
+
+def quiet(cluster: Cluster) -> bool:
+    """Nothing left to apply: every device said it went offline, no partition lags."""
+    offline = not any(m["online"] for m in cluster.machines().values())
+    return offline and all(p["lag"] == 0 for p in cluster.get("/cluster")["partitions"])
+
+
+@contextmanager
+def polling(cluster: Cluster) -> Iterator[dict[str, Any]]:
+    """Poll the API all along; record failures and any partition two live workers held."""
+    record: dict[str, Any] = {"polls": 0, "failures": [], "overlaps": []}
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                cluster.get("/machines?limit=10&sort=-risk")
+                held = cluster.held()
+                record["polls"] += 1
+            except OSError as exc:
+                record["failures"].append(repr(exc))
+                continue
+            seen: dict[int, str] = {}
+            for worker, partitions in held.items():
+                for p in partitions:
+                    if p in seen:
+                        record["overlaps"].append((p, seen[p], worker))
+                    seen[p] = worker
+            stop.wait(0.2)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield record
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_init_is_idempotent_and_a_worker_refuses_another_layout(cluster: Cluster) -> None:
+    again = cluster.init()
+    assert "stream TWIN_IN is as configured" in again
+    assert f"0 created, 0 updated, {PARTITIONS} as configured" in again
+    other = Cluster(cluster.nats, cluster.tmp, cluster.models, partitions=PARTITIONS + 1)
+    refused = subprocess.run(
+        [sys.executable, "-m", "twin", "cluster", "init"],
+        env={**os.environ, **other.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1
+    assert "changing the partition count is a migration" in refused.stderr
+    worker = other.worker("odd")
+    assert worker.process is not None
+    assert worker.process.wait(60) == 1
+    assert (
+        f"TWIN_IN has {PARTITIONS} partitions, TWIN_NATS_PARTITIONS says" in worker.log.read_text()
+    )
+
+
+def test_a_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
+    cluster: Cluster,
+) -> None:
+    machines, count = 2000, 10
+    for name in ("w1", "w2", "w3"):
+        cluster.worker(name)
+    cluster.start_api()
+    wait_until(lambda: cluster.settled({"w1", "w2", "w3"}), 60, "three workers to share out")
+    with polling(cluster) as polls:
+        devices = fleet(cluster.nats, machines, count, rate=1.0)
+        time.sleep(4)
+        victim = cluster.held()["w2"]
+        cluster.workers["w2"].kill()  # kill -9, mid-stream
+        killed_at = time.monotonic()
+        assert devices.wait(120), "the simulator did not finish"
+        wait_until(lambda: cluster.settled({"w1", "w3"}), 60, "w2's partitions to be owned again")
+        failover_s = time.monotonic() - killed_at
+        print(f"failover {failover_s:.1f} s; w2 held {victim}")
+        wait_until(lambda: all_received(cluster, machines, count), 120, "every reading applied")
+        devices.stop()
+    seen = cluster.machines()
+    assert sum(m["counters"]["received"] for m in seen.values()) == machines * count
+    assert all(m["counters"]["received"] == count for m in seen.values())  # none applied twice
+    owners = cluster.owners()
+    assert all(owners[p] in ("w1", "w3") for p in victim)
+    assert polls["failures"] == []
+    assert polls["polls"] > 10
+    assert polls["overlaps"] == []
+    assert failover_s < 60
+    assert cluster.get("/health")["status"] == "ok"
+
+
+def test_a_restarted_worker_resumes_from_its_snapshots(cluster: Cluster) -> None:
+    machines = 200
+    worker = cluster.worker("w1")
+    cluster.start_api()
+    wait_until(lambda: cluster.settled({"w1"}), 60, "w1 to hold every partition")
+    devices = fleet(cluster.nats, machines, 5, rate=5.0)
+    assert devices.wait(60)
+    devices.stop()
+    wait_until(lambda: all_received(cluster, machines, 5), 60, "the first readings")
+    wait_until(lambda: quiet(cluster), 60, "the devices' last status messages applied")
+    assert worker.terminate() == 0  # SIGTERM: snapshot, ack, give back
+    assert f"gave back {PARTITIONS}" in worker.log.read_text()
+
+    worker = cluster.worker("w1")
+    wait_until(lambda: cluster.settled({"w1"}), 60, "w1 to take its partitions again")
+    log = worker.log.read_text().split("gave back")[-1]
+    assert "replayed 0 messages" in log
+    assert "replayed 1" not in log
+    devices = fleet(cluster.nats, machines, 5, rate=5.0, site="s1")
+    assert devices.wait(60)
+    devices.stop()
+    wait_until(lambda: all_received(cluster, machines, 10), 60, "the second readings on top")
+
+
+def test_a_fourth_worker_takes_its_share_and_one_leaves_cleanly(cluster: Cluster) -> None:
+    machines, count = 300, 30
+    for name in ("w1", "w2", "w3"):
+        cluster.worker(name)
+    cluster.start_api()
+    wait_until(lambda: cluster.settled({"w1", "w2", "w3"}), 60, "three workers to share out")
+    with polling(cluster) as polls:
+        devices = fleet(cluster.nats, machines, count, rate=2.0)
+        cluster.worker("w4")
+        wait_until(lambda: cluster.settled({"w1", "w2", "w3", "w4"}), 60, "w4 to take its share")
+        assert list(cluster.owners().values()).count("w4") == PARTITIONS // 4
+        assert cluster.workers["w1"].terminate() == 0
+        wait_until(lambda: cluster.settled({"w2", "w3", "w4"}), 60, "w1's share to move")
+        assert devices.wait(120)
+        devices.stop()
+        wait_until(lambda: all_received(cluster, machines, count), 60, "every reading applied")
+    assert polls["failures"] == []
+    assert polls["overlaps"] == []
