@@ -77,11 +77,20 @@ def payloads(machines: int, readings: int, batch: int, seed: int = 0) -> dict[st
 class Publisher:
     """One connection per machine on one network loop, connected before the clock starts."""
 
-    def __init__(self, port: int, machines: list[str]) -> None:
+    def __init__(self, port: int, machines: list[str], protocol: str = "5") -> None:
         broker = BrokerAddress(host="127.0.0.1", port=port, tls=False)
         self.loop = NetworkLoop()
         self.devices = [
-            DevicePublisher(broker, Topics(), "bench", m, "M", loop=self.loop, max_inflight=1000)
+            DevicePublisher(
+                broker,
+                Topics(),
+                "bench",
+                m,
+                "M",
+                loop=self.loop,
+                max_inflight=1000,
+                protocol=protocol,
+            )
             for m in machines
         ]
         for device in self.devices:

@@ -22,7 +22,6 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
-from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from twin.api.deps import NOT_FOUND, ReadAccess
 from twin.api.router import install_errors
@@ -36,6 +35,7 @@ from twin.cluster.layout import (
     WORKERS,
     Api,
     Layout,
+    Mirror,
     check,
     connect,
     consumer,
@@ -65,6 +65,8 @@ class ClusterView:
         self._sorted: list[str] | None = []
         self._alerts: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}  # machine -> active
         self._nc: NATS | None = None
+        self._peers: Mirror | None = None
+        self._leases: Mirror | None = None
         self.started_at = time.monotonic()
 
     @property
@@ -88,9 +90,22 @@ class ClusterView:
         await js.subscribe(
             f"{root}.*.*.alert", stream=STREAM_ALERTS, ordered_consumer=True, cb=self._on_alert
         )
+        self._peers = Mirror(await js.key_value(WORKERS))
+        self._leases = Mirror(await js.key_value(LEASES))
+        await self._peers.start()
+        await self._leases.start()
         log.info("following %s and %s", STREAM_STATE, STREAM_ALERTS)
 
+    @staticmethod
+    def _mirror(mirror: Mirror | None) -> Mirror:
+        if mirror is None:
+            raise RuntimeError("not started")
+        return mirror
+
     async def stop(self) -> None:
+        for mirror in (self._peers, self._leases):
+            if mirror is not None:
+                await mirror.stop()
         if self._nc is not None:
             await self._nc.drain()
             self._nc = None
@@ -148,30 +163,21 @@ class ClusterView:
     # -- the cluster --------------------------------------------------------------------------
 
     async def cluster(self) -> dict[str, Any]:
-        js = self.nc.jetstream()
-        api = Api(self.nc)
-        workers_kv, leases_kv = await js.key_value(WORKERS), await js.key_value(LEASES)
+        api, peers, leases = Api(self.nc), self._mirror(self._peers), self._mirror(self._leases)
         now = int(time.time() * 1000)
         workers = []
-        try:
-            names = await workers_kv.keys()
-        except NoKeysError:
-            names = []
-        for name in sorted(names):
-            try:
-                beat = json.loads((await workers_kv.get(name)).value or b"{}")
-            except KeyNotFoundError:
-                continue  # gone since the listing
+        for name in sorted(peers.entries):
+            found = peers.json(name)
+            if found is None:
+                continue
+            beat = found[0]
             ts = beat.get("ts") or 0
             recent = now - ts < WORKER_TTL_S * 1000  # the bucket expires entries lazily
             workers.append({"id": name, "last_heartbeat": ts, "live": recent, **_worker(beat)})
         live = {w["id"] for w in workers if w["live"]}
         partitions = []
         for number in range(self.layout.partitions):
-            try:
-                lease = json.loads((await leases_kv.get(lease_key(number))).value or b"{}")
-            except KeyNotFoundError:
-                lease = {}
+            lease = (leases.json(lease_key(number)) or ({}, 0))[0]
             info = await api.get(f"CONSUMER.INFO.{STREAM_IN}.{consumer(number)}")
             owner = lease.get("owner")
             partitions.append(

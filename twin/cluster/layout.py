@@ -26,6 +26,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError, NoServersError, TimeoutError
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+from nats.js.kv import KeyValue
 
 from twin.config import Settings
 from twin.errors import TwinError
@@ -75,7 +76,8 @@ def to_nats(topic: str) -> str:
 
 def to_topic(root: str, tokens: list[str]) -> str:
     """The MQTT topic of a stored input subject's site, machine and kind tokens."""
-    return "/".join([root, *(t.replace("//", ".") for t in tokens)])
+    topic = "/".join([root, *tokens])
+    return topic.replace("//", ".") if "//" in topic else topic  # a "." came as "//"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +165,48 @@ def run_init(settings: Settings) -> list[str]:
             await nc.close()
 
     return asyncio.run(main())
+
+
+class Mirror:
+    """A key-value bucket kept current in memory by one watcher for the process's life.
+
+    Listing a bucket's keys makes a consumer each time, which the server keeps for minutes:
+    a worker listing its peers every second ran into the server's consumer limit.
+    """
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self.entries: dict[str, KeyValue.Entry] = {}
+        self._watcher: KeyValue.KeyWatcher | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._watcher = await self.kv.watchall()
+        self._task = asyncio.create_task(self._follow(self._watcher))
+        await asyncio.wait_for(self._ready.wait(), 30)
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for entry in watcher:
+            if entry is None:  # the bucket's current entries are all in
+                self._ready.set()
+            elif entry.operation in ("DEL", "PURGE"):
+                self.entries.pop(entry.key, None)
+            else:
+                self.entries[entry.key] = entry
+
+    def json(self, key: str) -> tuple[dict[str, Any], int] | None:
+        """The entry's JSON value and revision, or None."""
+        entry = self.entries.get(key)
+        if entry is None or not entry.value:
+            return None
+        return json.loads(entry.value), entry.revision or 0
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            await self._watcher.stop()  # type: ignore[no-untyped-call]  # nats-py: no hint
+        if self._task is not None:
+            self._task.cancel()
 
 
 class Api:

@@ -30,7 +30,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -39,7 +39,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyValueError, NoKeysError
+from nats.js.errors import KeyValueError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -56,6 +56,7 @@ from twin.cluster.layout import (
     Api,
     ClusterError,
     Layout,
+    Mirror,
     check,
     connect,
     consumer,
@@ -108,7 +109,12 @@ class Partition:
     last_reply: str | None = None  # the ack subject of the newest delivery applied
     applied: int = 0  # messages applied since taken
     skipped: int = 0  # deliveries at or below `upto`: redeliveries
+    active: bool = True  # False once given back or lost: what is still queued is not applied
+    drained: asyncio.Event = field(default_factory=asyncio.Event)  # nothing of it queued
     task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.drained.set()
 
 
 def _rank(worker: str, partition: int) -> bytes:
@@ -163,7 +169,13 @@ class Worker:
         self._workers: KeyValue | None = None
         self._leases: KeyValue | None = None
         self._snapshots: ObjectStore | None = None
+        self._peers: Mirror | None = None  # twin_workers, followed
+        self._lease_view: Mirror | None = None  # twin_partitions, followed
         self._busy = asyncio.Lock()  # taking, giving back and snapshots, one at a time
+        # Deliveries pulled and not yet applied, of every partition: applied together once a
+        # commit window (TWIN_JOURNAL_COMMIT_MS) has let them gather, as `twin serve` does.
+        self._arrived: list[tuple[Partition, list[Msg]]] = []
+        self._ready = asyncio.Event()
 
     # -- the core thread ----------------------------------------------------------------------
 
@@ -178,25 +190,30 @@ class Worker:
             await self.nc.publish(subject, payload)
         return result
 
-    def _apply(self, part: Partition, msgs: Iterable[Msg]) -> int:
-        """Apply the deliveries above the partition's sequence, in order; react; return how
-        many were applied. Core thread."""
-        raws, root, machines = [], self.settings.topic_root, part.machines
-        for msg in msgs:
-            seq, stored_ms = _sequence_and_ms(msg.reply)
-            part.last_reply = msg.reply
-            if seq <= part.upto:
-                part.skipped += 1
-                continue
-            part.upto = seq
-            tokens = msg.subject.split(".")[3:]
-            if len(tokens) == 3:
-                machines.add(tokens[1].replace("//", "."))
-            raws.append(RawMessage(to_topic(root, tokens), msg.data, stored_ms))
+    def _apply(self, batches: list[tuple[Partition, list[Msg]]]) -> int:
+        """Apply each partition's deliveries above its sequence, in order, then react once;
+        return how many were applied. Core thread."""
+        raws: list[RawMessage] = []
+        root = self.settings.topic_root
+        for part, msgs in batches:
+            if not part.active:
+                continue  # given back meanwhile: the next owner gets these again
+            before = len(raws)
+            for msg in msgs:
+                seq, stored_ms = _sequence_and_ms(msg.reply)
+                part.last_reply = msg.reply
+                if seq <= part.upto:
+                    part.skipped += 1
+                    continue
+                part.upto = seq
+                tokens = msg.subject.split(".")[3:]
+                if len(tokens) == 3:
+                    part.machines.add(tokens[1].replace("//", "."))
+                raws.append(RawMessage(to_topic(root, tokens), msg.data, stored_ms))
+            part.applied += len(raws) - before
         self.core.react(self.core.apply(raws))
         if self.outbox.pending:
             self.history.write(*self.outbox.drain())
-        part.applied += len(raws)
         return len(raws)
 
     def _dump(self, part: Partition) -> tuple[bytes, int, str | None]:
@@ -225,6 +242,9 @@ class Worker:
             self._workers = await js.key_value(WORKERS)
             self._leases = await js.key_value(LEASES)
             self._snapshots = await js.object_store(SNAPSHOTS)
+            self._peers, self._lease_view = Mirror(self._workers), Mirror(self._leases)
+            await self._peers.start()
+            await self._lease_view.start()
             self.core.alerts.open(rules)
             self.history.open()
             await asyncio.get_running_loop().run_in_executor(self._thread, self.core.scorer.start)
@@ -241,6 +261,7 @@ class Worker:
                 asyncio.create_task(self._every(HEARTBEAT_S, self._balance)),
                 asyncio.create_task(self._every(s.cluster_snapshot_s, self._snapshot_all)),
                 asyncio.create_task(self._every(_IDLE_REACT_S, self._idle)),
+                asyncio.create_task(self._applier()),
             ]
             await self._stopping.wait()
             for task in tasks:
@@ -250,6 +271,8 @@ class Worker:
                 for number in list(self.partitions):
                     await self._give_back(number)
             await _open(self._workers).delete(self.id)
+            await self._peers.stop()
+            await self._lease_view.stop()
         finally:
             if self._nc is not None:
                 await self._nc.drain()
@@ -271,6 +294,19 @@ class Worker:
                 log.exception("%s failed; trying again", step.__name__)
             await asyncio.sleep(period_s)
 
+    async def _applier(self) -> None:
+        window = self.settings.journal_commit_ms / 1000
+        while True:
+            await self._ready.wait()
+            await asyncio.sleep(window)
+            self._ready.clear()
+            batches, self._arrived = self._arrived, []
+            try:
+                await self._core(self._apply, batches)
+            finally:
+                for part, _ in batches:
+                    part.drained.set()
+
     async def _heartbeat(self) -> None:
         beat = {
             "partitions": sorted(self.partitions),
@@ -285,36 +321,25 @@ class Worker:
 
     # -- partitions ---------------------------------------------------------------------------
 
-    async def _live(self) -> set[str]:
+    def _live(self) -> set[str]:
         """The workers whose heartbeat is recent (the bucket expires entries lazily)."""
-        workers, live = _open(self._workers), set[str]()
-        try:
-            names = await workers.keys()
-        except NoKeysError:
-            return live
-        now = time.time() * 1000
-        for name in names:
-            try:
-                beat = json.loads((await workers.get(name)).value or b"{}")
-            except KeyNotFoundError:
-                continue
-            if now - beat.get("ts", 0) < WORKER_TTL_S * 1000:
+        now, live = time.time() * 1000, set[str]()
+        for name in list(_open(self._peers).entries):
+            found = _open(self._peers).json(name)
+            if found is not None and now - found[0].get("ts", 0) < WORKER_TTL_S * 1000:
                 live.add(name)
         return live
 
-    async def _lease(self, number: int) -> Lease | None:
-        try:
-            entry = await _open(self._leases).get(lease_key(number))
-        except KeyNotFoundError:
+    def _lease(self, number: int) -> Lease | None:
+        found = _open(self._lease_view).json(lease_key(number))
+        if found is None:
             return None
-        data = json.loads(entry.value or b"{}")
-        return Lease(
-            data.get("owner"), data.get("upto", 0), data.get("snapshot"), entry.revision or 0
-        )
+        data, revision = found
+        return Lease(data.get("owner"), data.get("upto", 0), data.get("snapshot"), revision)
 
     async def _balance(self) -> None:
         async with self._busy:
-            live = await self._live() | {self.id}
+            live = self._live() | {self.id}
             share = math.ceil(self.layout.partitions / len(live))
             held = sorted(self.partitions, key=lambda p: _rank(self.id, p))
             for number in held[share:]:
@@ -328,7 +353,7 @@ class Worker:
             for number in wanted:
                 if len(self.partitions) >= share or self._stopping.is_set():
                     break
-                lease = await self._lease(number)
+                lease = self._lease(number)
                 # Free, its owner gone, or this worker's own from before a restart.
                 if lease is None or lease.owner in (None, self.id) or lease.owner not in live:
                     await self._take(number, lease)
@@ -387,7 +412,7 @@ class Worker:
             pending = (await sub.consumer_info()).num_pending
             while pending:
                 msgs = await sub.fetch(min(pending, _BATCH), timeout=5)
-                replayed += await self._core(self._apply, part, msgs)
+                replayed += await self._core(self._apply, [(part, msgs)])
                 pending = msgs[-1].metadata.num_pending
         finally:
             await sub.unsubscribe()
@@ -427,6 +452,7 @@ class Worker:
     ) -> None:
         """One pull request, applied as its messages arrive."""
         expires_ns = int(_PULL_EXPIRES_S * 1e9)
+        await part.drained.wait()  # what the last request brought is applied: no backlog here
         request: dict[str, Any] = {"batch": _BATCH, "expires": expires_ns, "group": GROUP}
         if part.pin is not None:
             request["id"] = part.pin
@@ -452,7 +478,9 @@ class Worker:
                 data.append(msg)
             outstanding -= len(data)
             if data:
-                await self._core(self._apply, part, data)
+                part.drained.clear()
+                self._arrived.append((part, data))
+                self._ready.set()
 
     async def _snapshot_all(self) -> None:
         async with self._busy:
@@ -488,6 +516,7 @@ class Worker:
     async def _give_back(self, number: int) -> None:
         """Stop pulling, snapshot and ack, free the lease, unpin."""
         part = self.partitions[number]
+        part.active = False
         if part.task is not None:
             part.task.cancel()
             await asyncio.gather(part.task, return_exceptions=True)
@@ -498,6 +527,7 @@ class Worker:
             log.info("gave partition %d back at sequence %d", number, part.upto)
 
     async def _drop(self, part: Partition) -> None:
+        part.active = False
         if part.task is not None:
             part.task.cancel()
             await asyncio.gather(part.task, return_exceptions=True)
