@@ -3,6 +3,8 @@ processes hold the partitions, `twin api` serves the fleet from the streams."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -16,10 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import nats as nats_client
 import pytest
 
 from devices.fleet import Fleet, FleetOptions
 from tests.services import ClusterProcess, NatsServer, free_port, wait_until
+from twin.alerts import Alert
+from twin.cluster.episodes import KvEpisodes, episode_id, episode_key
 from twin.config import Settings
 from twin.topics import Topics
 
@@ -140,6 +145,42 @@ def all_received(cluster: Cluster, machines: int, count: int) -> bool:
     return len(seen) == machines and all(m["counters"]["received"] == count for m in seen.values())
 
 
+def alert_changes(nats: NatsServer) -> list[dict[str, Any]]:
+    """Every message of the alerts stream, oldest first."""
+
+    async def read() -> list[dict[str, Any]]:
+        nc = await nats_client.connect(nats.url)
+        js, found = nc.jetstream(), []
+        pending = (await js.stream_info("TWIN_ALERTS")).state.messages
+        if pending:
+            sub = await js.subscribe("factory.*.*.alert", ordered_consumer=True)
+            while len(found) < pending:
+                found.append(json.loads((await sub.next_msg(timeout=10)).data))
+            await sub.unsubscribe()
+        await nc.close()
+        return found
+
+    return asyncio.run(read())
+
+
+def raised_twice(changes: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(machine, rule) pairs that had a second episode raised while one was still open."""
+    episodes: dict[int, dict[str, Any]] = {}
+    for change in changes:
+        episode = episodes.setdefault(change["id"], dict(change))
+        episode["cleared_at"] = change["cleared_at"] or episode["cleared_at"]
+    by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for episode in episodes.values():
+        by_pair.setdefault((episode["machine"], episode["rule"]), []).append(episode)
+    twice = []
+    for pair, found in by_pair.items():
+        found.sort(key=lambda e: e["raised_at"])
+        for first, second in itertools.pairwise(found):
+            if first["cleared_at"] is None or first["cleared_at"] > second["raised_at"]:
+                twice.append(pair)
+    return twice
+
+
 def quiet(cluster: Cluster) -> bool:
     """Nothing left to apply: every device said it went offline, no partition lags."""
     offline = not any(m["online"] for m in cluster.machines().values())
@@ -230,6 +271,9 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
     assert polls["overlaps"] == []
     assert failover_s < 60
     assert cluster.get("/health")["status"] == "ok"
+    changes = alert_changes(cluster.nats)
+    assert changes  # the devices said offline at the end, at least
+    assert raised_twice(changes) == []
 
 
 def test_a_restarted_worker_resumes_from_its_snapshots(cluster: Cluster) -> None:
@@ -274,3 +318,66 @@ def test_a_fourth_worker_takes_its_share_and_one_leaves_cleanly(cluster: Cluster
         wait_until(lambda: all_received(cluster, machines, count), 60, "every reading applied")
     assert polls["failures"] == []
     assert polls["overlaps"] == []
+
+
+def test_two_workers_never_open_the_same_alert(cluster: Cluster) -> None:
+    """A former owner's open alert is taken over, acks written elsewhere survive a change,
+    and a cleared episode lets the next one open."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def run(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+    async def connect() -> tuple[Any, KvEpisodes, KvEpisodes]:
+        nc = await nats_client.connect(cluster.nats.url)
+        kv = await nc.jetstream().key_value("twin_alerts")
+        first, second = KvEpisodes(), KvEpisodes()
+        await first.start(kv)
+        await second.start(kv)
+        return nc, first, second
+
+    nc, first, second = run(connect())
+    try:
+        now = int(time.time() * 1000)
+
+        def offline(at: int) -> Alert:
+            return Alert(0, "m.1", "s1", "offline", "offline", "major", "active", "gone", at, at)
+
+        alert = offline(now)
+        opened = first.open(alert)
+        assert opened is alert
+        assert alert.id == episode_id(alert)
+        again = Alert(
+            0, "m.1", "s1", "offline", "offline", "major", "active", "gone", now + 5, now + 5
+        )
+        taken = second.open(again)  # the next owner, replaying the same readings
+        assert taken is not again
+        assert (taken.id, taken.raised_at) == (alert.id, now)
+
+        async def acknowledge_elsewhere() -> None:  # what `twin api` does
+            kv = await nc.jetstream().key_value("twin_alerts")
+            entry = await kv.get(episode_key("s1", "m.1", "offline"))
+            stored = json.loads(entry.value)
+            stored.update(acknowledged=True, acknowledged_by="ops")
+            await kv.update(entry.key, json.dumps(stored).encode(), last=entry.revision)
+
+        run(acknowledge_elsewhere())
+        taken.severity, taken.updated_at = "critical", now + 10
+        second.changed(taken)
+        assert taken.acknowledged
+        assert taken.acknowledged_by == "ops"
+        second.close(taken)
+        later = Alert(
+            0, "m.1", "s1", "offline", "offline", "major", "active", "gone", now + 20, now + 20
+        )
+        assert first.open(later) is later
+        assert later.id != alert.id
+    finally:
+        run(first.stop())
+        run(second.stop())
+        run(nc.close())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from twin.alerts import AlertManager, AlertStore
+from twin.alerts.manager import Episodes
 from twin.alerts.manager import Listener as AlertListener
 from twin.config import Settings
 from twin.deadletters import DeadLetters
@@ -42,6 +43,7 @@ class Core:
         *,
         risk_listeners: Sequence[RiskListener] = (),
         alert_listeners: Sequence[AlertListener] = (),
+        episodes: Episodes | None = None,
     ) -> None:
         s = settings
         self.state = state
@@ -67,6 +69,7 @@ class Core:
             AlertStore(alert_store),
             s.alert_retention_s,
             listeners=[self.outbound.alert, *alert_listeners, self.planner.on_alert],
+            episodes=episodes,
         )
 
     def apply(self, raws: Sequence[RawMessage]) -> set[MachineTwin]:

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from twin.alerts.alert import SEVERITIES, Alert, Severity
 from twin.alerts.rules import Rule
@@ -24,6 +24,22 @@ from twin.state import FleetState, MachineTwin
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Alert], None]
+
+
+class Episodes(Protocol):
+    """Where a cluster keeps its open alerts, one per (site, machine, rule), so that two
+    workers (a former owner of a partition and the next) never raise the same one twice."""
+
+    def open(self, alert: Alert) -> Alert:
+        """Record `alert` as the open episode, or return the one already open."""
+
+    def changed(self, alert: Alert) -> None:
+        """Store a change, first taking what others wrote into `alert` (an acknowledgement)."""
+
+    def close(self, alert: Alert) -> None:
+        """The episode is over."""
+
+
 _TIMED = ("offline", "stale")  # kinds whose condition can change with time alone
 
 
@@ -36,8 +52,10 @@ class AlertManager:
         store: AlertStore,
         retention_s: float,
         listeners: Sequence[Listener] = (),
+        episodes: Episodes | None = None,
     ) -> None:
         self.state = state
+        self.episodes = episodes
         self.store = store
         self.retention_ms = int(retention_s * 1000)
         self.listeners = tuple(listeners)
@@ -198,10 +216,15 @@ class AlertManager:
             model_version=context.get("model_version"),
         )
         self._next_id += 1
+        if self.episodes is not None:
+            kept = self.episodes.open(alert)
+            if kept is not alert:  # raised already, by this partition's former owner
+                self._adopt(kept)
+                return
         self._alerts[alert.id] = alert
         self._active.setdefault(twin.machine, {})[rule.id] = alert
         log.info("alert %d raised: %s (%s)", alert.id, alert.message, alert.severity)
-        self._changed(alert)
+        self._changed(alert, recorded=True)
 
     def _clear(self, alert: Alert, now: int) -> None:
         alert.state = "cleared"
@@ -212,12 +235,43 @@ class AlertManager:
         if not rules:
             del self._active[alert.machine]
         log.info("alert %d cleared: %s", alert.id, alert.message)
-        self._changed(alert)
+        if self.episodes is not None:
+            self.episodes.close(alert)
+        self._changed(alert, recorded=True)
 
-    def _changed(self, alert: Alert) -> None:
+    def _changed(self, alert: Alert, recorded: bool = False) -> None:
+        """Store and tell; `recorded`: the episodes have it already (opened or closed)."""
+        if self.episodes is not None and not recorded:
+            self.episodes.changed(alert)
         self.store.save(alert)
         for listener in self.listeners:
             listener(alert)
+
+    def _adopt(self, alert: Alert) -> None:
+        self._alerts[alert.id] = alert
+        self._active.setdefault(alert.machine, {})[alert.rule] = alert
+        self.store.save(alert)
+
+    def adopt(self, alerts: Iterable[Alert]) -> None:
+        """Take over open alerts of machines this twin holds now (a partition taken over)."""
+        with self._lock, self.store.transaction():
+            for alert in alerts:
+                if alert.state == "active":
+                    self._adopt(alert)
+
+    def forget(self, machines: Iterable[str]) -> None:
+        """Let go of machines' active alerts (a partition given up); they stay open for the
+        next holder."""
+        with self._lock:
+            dropped = []
+            for machine in machines:
+                for alert in self._active.pop(machine, {}).values():
+                    self._alerts.pop(alert.id, None)
+                    dropped.append(alert.id)
+                for key in [k for k in self._pending if k[0] == machine]:
+                    del self._pending[key]
+            if dropped:
+                self.store.delete(dropped)
 
     def _expire(self, now: int) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import uvicorn
@@ -22,11 +22,15 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from twin.api.deps import NOT_FOUND, ReadAccess
+from twin.alerts import Severity
+from twin.api.deps import BODY_ERRORS, NOT_FOUND, OperateAccess, ReadAccess
 from twin.api.router import install_errors
-from twin.api.schemas import MachinePage, MachinePublic
+from twin.api.schemas import AckRequest, AlertPage, AlertPublic, MachinePage, MachinePublic
+from twin.cluster.episodes import episode_key
 from twin.cluster.layout import (
+    EPISODES,
     LEASES,
     STREAM_ALERTS,
     STREAM_IN,
@@ -40,9 +44,10 @@ from twin.cluster.layout import (
     connect,
     consumer,
     lease_key,
+    to_nats,
 )
 from twin.config import Settings
-from twin.errors import NotFound
+from twin.errors import Conflict, NotFound
 from twin.state import SortKey
 
 log = logging.getLogger(__name__)
@@ -63,7 +68,8 @@ class ClusterView:
         self.layout = Layout(settings.topic_root, settings.nats_partitions)
         self.machines: dict[str, dict[str, Any]] = {}
         self._sorted: list[str] | None = []
-        self._alerts: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}  # machine -> active
+        self.alerts: dict[int, dict[str, Any]] = {}  # id -> its latest change
+        self._active: dict[str, dict[int, dict[str, Any]]] = {}  # machine -> id -> active alert
         self._nc: NATS | None = None
         self._peers: Mirror | None = None
         self._leases: Mirror | None = None
@@ -121,16 +127,86 @@ class ClusterView:
         self.machines[machine] = twin
 
     async def _on_alert(self, msg: Msg) -> None:
-        alert = json.loads(msg.data)
-        active = self._alerts.setdefault(alert["machine"], {})
-        key = (alert["rule"], alert["raised_at"])
+        self._remember(json.loads(msg.data))
+
+    def _remember(self, alert: dict[str, Any]) -> None:
+        known = self.alerts.get(alert["id"])
+        if known is not None and (known["updated_at"], known["acknowledged"]) > (
+            alert["updated_at"],
+            alert["acknowledged"],
+        ):
+            return  # an older copy
+        self.alerts[alert["id"]] = alert
+        active = self._active.setdefault(alert["machine"], {})
         if alert["state"] == "active":
-            active[key] = alert
+            active[alert["id"]] = alert
         else:
-            active.pop(key, None)
+            active.pop(alert["id"], None)
 
     def alerts_for(self, machine: str) -> list[dict[str, Any]]:
-        return sorted(self._alerts.get(machine, {}).values(), key=lambda a: a["raised_at"])
+        return sorted(self._active.get(machine, {}).values(), key=lambda a: a["raised_at"])
+
+    def query_alerts(
+        self,
+        machine: str | None,
+        site: str | None,
+        state: str | None,
+        severity: str | None,
+        acknowledged: bool | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """The same filters as `AlertManager.query`, newest first."""
+        found = [
+            a
+            for a in sorted(self.alerts.values(), key=lambda a: (a["raised_at"], a["id"]))[::-1]
+            if (machine is None or a["machine"] == machine)
+            and (site is None or a["site"] == site)
+            and (state is None or a["state"] == state)
+            and (severity is None or a["severity"] == severity)
+            and (acknowledged is None or a["acknowledged"] is acknowledged)
+        ]
+        return len(found), found[offset : offset + limit]
+
+    async def acknowledge(
+        self, alert_id: int, by: str | None, comment: str | None
+    ) -> dict[str, Any]:
+        """Acknowledge through the open-alerts bucket (compare-and-swap, so a worker's change
+        in between is read again, not overwritten), then tell the alerts stream."""
+        alert = self.alerts.get(alert_id)
+        if alert is None:
+            raise NotFound(f"no alert {alert_id}")
+        if alert["acknowledged"]:
+            return alert
+        kv = await self.nc.jetstream().key_value(EPISODES)
+        key = episode_key(alert["site"], alert["machine"], alert["rule"])
+        now = int(time.time() * 1000)
+        ack = {"acknowledged": True, "acknowledged_by": by, "acknowledged_at": now}
+        for _ in range(5):
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:
+                break  # cleared: only the record changes
+            current = json.loads(entry.value or b"{}")
+            if current.get("id") != alert_id:
+                break
+            alert = {**current, **ack, "comment": comment, "updated_at": now}
+            try:
+                await kv.update(key, json.dumps(alert).encode(), last=entry.revision)
+                break
+            except KeyWrongLastSequenceError:
+                continue
+        else:
+            raise Conflict(f"alert {alert_id} kept changing; try again")
+        alert = {**alert, **ack, "comment": comment, "updated_at": now}
+        await self.nc.publish(
+            f"{to_nats(self.settings.topic_root)}.{to_nats(alert['site'])}."
+            f"{to_nats(alert['machine'])}.alert",
+            json.dumps(alert).encode(),
+            headers={"Nats-Msg-Id": f"{alert_id}:{alert['state']}:{now}:1"},
+        )
+        self._remember(alert)
+        return alert
 
     def query(
         self,
@@ -277,6 +353,48 @@ def get_machine(view: ViewDep, machine: str) -> Response:
     if found is None:
         raise NotFound(f"no machine {machine!r} has reported")
     return _json({**found, "alerts": view.alerts_for(machine)})
+
+
+@router.get("/alerts", response_model=AlertPage, tags=["alerts"], summary="Alerts, newest first")
+def list_alerts(
+    view: ViewDep,
+    machine: Annotated[str | None, Query(max_length=64)] = None,
+    site: Annotated[str | None, Query(max_length=64)] = None,
+    state: Literal["active", "cleared"] | None = None,
+    severity: Severity | None = None,
+    acknowledged: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Response:
+    total, found = view.query_alerts(machine, site, state, severity, acknowledged, limit, offset)
+    return _json({"items": found, "total": total, "limit": limit, "offset": offset})
+
+
+@router.get(
+    "/alerts/{alert_id}",
+    response_model=AlertPublic,
+    tags=["alerts"],
+    summary="One alert",
+    responses=NOT_FOUND,
+)
+def get_alert(view: ViewDep, alert_id: int) -> Response:
+    alert = view.alerts.get(alert_id)
+    if alert is None:
+        raise NotFound(f"no alert {alert_id}")
+    return _json(alert)
+
+
+@router.post(
+    "/alerts/{alert_id}/ack",
+    response_model=AlertPublic,
+    dependencies=[OperateAccess],
+    tags=["alerts"],
+    summary="Acknowledge an alert (through the cluster's open-alerts bucket)",
+    responses={**NOT_FOUND, **BODY_ERRORS},
+)
+async def acknowledge(view: ViewDep, alert_id: int, body: AckRequest | None = None) -> Response:
+    request = body or AckRequest()
+    return _json(await view.acknowledge(alert_id, request.by, request.comment))
 
 
 @router.get("/cluster", tags=["cluster"], summary="Workers, partitions, lag and layout")

@@ -8,6 +8,7 @@ subject contract between MQTT topics and NATS subjects.
     workers -> {root}.{site}.{machine}.twin -> stream TWIN_STATE (the last per machine)
             -> {root}.{site}.{machine}.alert -> stream TWIN_ALERTS
     heartbeats: KV twin_workers (entries expire); snapshots: object store twin_snapshots
+    open alerts: KV twin_alerts (opening one is a create: no two workers raise the same)
 
 `init` creates or updates all of it and says what it did; `check` is what a worker and the API
 run first: they refuse a missing or different layout, since a worker of another partition count
@@ -38,6 +39,7 @@ STREAM_STATE = "TWIN_STATE"
 STREAM_ALERTS = "TWIN_ALERTS"
 WORKERS = "twin_workers"  # KV: worker id -> heartbeat (partitions held), expiring
 LEASES = "twin_partitions"  # KV: p.NNN -> lease (owner, covered stream sequence, snapshot)
+EPISODES = "twin_alerts"  # KV: site.machine.rule -> its open alert
 SNAPSHOTS = "twin_snapshots"  # object store: a partition's state, named by its lease
 GROUP = "twin"  # the priority group of every partition consumer
 IN_PREFIX = "twin.in"
@@ -278,7 +280,7 @@ async def init(nc: NATS, layout: Layout) -> list[str]:
     kept = layout.partitions - created - updated
     done.append(f"partition consumers: {created} created, {updated} updated, {kept} as configured")
     js = nc.jetstream()
-    for bucket, ttl in ((WORKERS, WORKER_TTL_S), (LEASES, None)):
+    for bucket, ttl in ((WORKERS, WORKER_TTL_S), (LEASES, None), (EPISODES, None)):
         try:
             await js.key_value(bucket)
             done.append(f"bucket {bucket} exists")
@@ -318,6 +320,6 @@ async def check(nc: NATS, layout: Layout) -> None:
             raise ClusterError(f"consumer {name} of {STREAM_IN} is missing: {fix}")
         if differs := _differs(want, info["config"]):
             raise ClusterError(f"consumer {name} differs ({', '.join(differs)}): {fix}")
-    for bucket in (f"KV_{WORKERS}", f"KV_{LEASES}", f"OBJ_{SNAPSHOTS}"):
+    for bucket in (f"KV_{WORKERS}", f"KV_{LEASES}", f"KV_{EPISODES}", f"OBJ_{SNAPSHOTS}"):
         if "error" in await api.call(f"STREAM.INFO.{bucket}"):
             raise ClusterError(f"bucket {bucket} is missing: {fix}")

@@ -43,9 +43,11 @@ from nats.js.errors import KeyValueError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from twin.alerts import load_rules
+from twin.alerts import Alert, load_rules
 from twin.backup import DataDirLock
+from twin.cluster.episodes import KvEpisodes, message_id
 from twin.cluster.layout import (
+    EPISODES,
     GROUP,
     HEARTBEAT_S,
     LEASES,
@@ -154,10 +156,21 @@ class Worker:
             self.outbox,
         )
         self.deadletters = DeadLetters(s.deadletter_max)
-        self._out: list[tuple[str, bytes]] = []  # published by the core thread, sent by the loop
+        # Published by the core thread, sent by the loop: subject, payload, headers.
+        self._out: list[tuple[str, bytes, dict[str, str] | None]] = []
+        self.episodes = KvEpisodes()
         store = s.data_dir / "worker.sqlite3"
         limits = Limits(s.max_payload_bytes, s.max_batch, int(s.max_future_s * 1000))
-        self.core = Core(s, self.state, self.deadletters, self.topics, limits, self._publish, store)
+        self.core = Core(
+            s,
+            self.state,
+            self.deadletters,
+            self.topics,
+            limits,
+            self._publish,
+            store,
+            episodes=self.episodes,
+        )
         self.history = HistoryStore(store)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin-core")
         self.partitions: dict[int, Partition] = {}
@@ -180,14 +193,17 @@ class Worker:
     # -- the core thread ----------------------------------------------------------------------
 
     def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        self._out.append((to_nats(topic), payload))  # the core thread; the loop sends them
+        headers = None
+        if topic.endswith("/alert"):  # the stream drops a change it has had already
+            headers = {"Nats-Msg-Id": message_id(msgspec.json.decode(payload, type=Alert))}
+        self._out.append((to_nats(topic), payload, headers))
 
     async def _core(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the core thread, then send what it published."""
         result = await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
         out, self._out = self._out, []
-        for subject, payload in out:
-            await self.nc.publish(subject, payload)
+        for subject, payload, headers in out:
+            await self.nc.publish(subject, payload, headers=headers)
         return result
 
     def _apply(self, batches: list[tuple[Partition, list[Msg]]]) -> int:
@@ -215,6 +231,10 @@ class Worker:
         if self.outbox.pending:
             self.history.write(*self.outbox.drain())
         return len(raws)
+
+    def _forget(self, machines: list[str]) -> None:
+        self.core.alerts.forget(machines)
+        self.state.forget(machines)
 
     def _dump(self, part: Partition) -> tuple[bytes, int, str | None]:
         blob = msgspec.json.encode({"machines": self.state.dump(part.machines)})
@@ -245,6 +265,7 @@ class Worker:
             self._peers, self._lease_view = Mirror(self._workers), Mirror(self._leases)
             await self._peers.start()
             await self._lease_view.start()
+            await self.episodes.start(await js.key_value(EPISODES))
             self.core.alerts.open(rules)
             self.history.open()
             await asyncio.get_running_loop().run_in_executor(self._thread, self.core.scorer.start)
@@ -273,6 +294,7 @@ class Worker:
             await _open(self._workers).delete(self.id)
             await self._peers.stop()
             await self._lease_view.stop()
+            await self.episodes.stop()
         finally:
             if self._nc is not None:
                 await self._nc.drain()
@@ -381,6 +403,7 @@ class Worker:
             machines = msgspec.json.decode(blob)["machines"]
             await self._core(self.state.adopt, machines)
             part.machines = {m["machine"] for m in machines}
+        await self._core(self.core.alerts.adopt, self.episodes.open_for(part.machines))
         replayed = await self._replay(part)
         part.task = asyncio.create_task(self._pull(part))
         self.partitions[number] = part
@@ -532,7 +555,7 @@ class Worker:
             part.task.cancel()
             await asyncio.gather(part.task, return_exceptions=True)
         self.partitions.pop(part.number, None)
-        await self._core(self.state.forget, list(part.machines))
+        await self._core(self._forget, list(part.machines))
 
 
 def run(settings: Settings) -> None:
