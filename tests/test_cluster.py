@@ -22,6 +22,8 @@ import nats as nats_client
 import pytest
 
 from devices.fleet import Fleet, FleetOptions
+from devices.publisher import DevicePublisher, NetworkLoop
+from tests.payloads import BAD_PAYLOADS, BAD_REASONS
 from tests.services import ClusterProcess, NatsServer, free_port, wait_until
 from twin.alerts import Alert
 from twin.cluster.episodes import KvEpisodes, episode_id, episode_key
@@ -381,3 +383,41 @@ def test_two_workers_never_open_the_same_alert(cluster: Cluster) -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+def test_bad_input_gets_the_reasons_and_dead_letters_it_gets_in_twin_serve(
+    cluster: Cluster,
+) -> None:
+    cluster.worker("w1")
+    cluster.start_api()
+    wait_until(lambda: cluster.settled({"w1"}), 60, "w1 to hold every partition")
+    broker = Settings(_env_file=None, mqtt_url=cluster.nats.mqtt_url).broker  # type: ignore[call-arg]
+    loop = NetworkLoop()
+    device = DevicePublisher(broker, Topics(), "s1", "m1", "L", loop=loop, protocol="3.1.1")
+    device.start()
+    assert device.wait_connected(30)
+    for round_ in range(20):
+        for payload in BAD_PAYLOADS:
+            device.publish_raw(payload)
+        device.publish_raw(json.dumps({"seq": round_, "values": {"x": round_}}).encode())
+    assert device.wait_delivered(30)
+    device.stop()
+    loop.close()
+
+    def counters() -> dict[str, Any]:
+        try:
+            return dict(cluster.get("/machines/m1")["counters"])
+        except OSError:
+            return {}
+
+    wait_until(lambda: counters().get("received") == 20, 30, "the 20 good readings")
+    expected = {reason: 20 * n for reason, n in BAD_REASONS.items()}
+    wait_until(lambda: counters()["rejected_by_reason"] == expected, 30, "every rejection")
+    total = 20 * sum(BAD_REASONS.values())
+    wait_until(
+        lambda: cluster.get("/deadletters?machine=m1&limit=1000")["total"] == total,
+        30,
+        "the dead letters",
+    )
+    by_reason = cluster.get("/deadletters")["by_reason"]
+    assert by_reason == expected

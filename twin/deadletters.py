@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 from twin.messages import Decoded, RawMessage
@@ -14,7 +15,12 @@ _PREVIEW_BYTES = 256
 class DeadLetters:
     """Keeps the newest `capacity` rejections and counts all of them by reason."""
 
-    def __init__(self, capacity: int = 1000) -> None:
+    def __init__(
+        self,
+        capacity: int = 1000,
+        listener: Callable[[RawMessage, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.listener = listener  # told of each new entry (a cluster worker publishes them)
         self._lock = threading.Lock()
         self._entries: deque[dict[str, Any]] = deque(maxlen=capacity)
         self._next_id = 1
@@ -25,23 +31,27 @@ class DeadLetters:
             return
         address = decoded.address
         preview = raw.payload[:_PREVIEW_BYTES].decode("utf-8", errors="replace")
+        for rejection in decoded.rejections:
+            entry = {
+                "received_at": raw.received_ms,
+                "topic": raw.topic[:300],
+                "site": address.site if address else None,
+                "machine": address.machine if address else None,
+                "reason": rejection.reason,
+                "detail": rejection.detail,
+                "index": rejection.index,
+                "payload": preview,
+            }
+            self.record(entry)
+            if self.listener is not None:
+                self.listener(raw, entry)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Keep one entry (the fields `add` makes), under the next id."""
         with self._lock:
-            for rejection in decoded.rejections:
-                self.by_reason[rejection.reason] += 1
-                self._entries.append(
-                    {
-                        "id": self._next_id,
-                        "received_at": raw.received_ms,
-                        "topic": raw.topic[:300],
-                        "site": address.site if address else None,
-                        "machine": address.machine if address else None,
-                        "reason": rejection.reason,
-                        "detail": rejection.detail,
-                        "index": rejection.index,
-                        "payload": preview,
-                    }
-                )
-                self._next_id += 1
+            self.by_reason[entry["reason"]] += 1
+            self._entries.append({"id": self._next_id, **entry})
+            self._next_id += 1
 
     @property
     def total(self) -> int:

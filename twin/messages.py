@@ -65,6 +65,9 @@ class RawMessage:
     topic: str
     payload: bytes
     received_ms: int
+    # What names the message uniquely where it came from, if anything does: the input stream's
+    # sequence in cluster mode (the journal does not store it; its rows have their own ids).
+    origin: str = ""
 
 
 @dataclass(slots=True)

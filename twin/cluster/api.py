@@ -27,12 +27,22 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from twin.alerts import Severity
 from twin.api.deps import BODY_ERRORS, NOT_FOUND, OperateAccess, ReadAccess
 from twin.api.router import install_errors
-from twin.api.schemas import AckRequest, AlertPage, AlertPublic, MachinePage, MachinePublic
+from twin.api.schemas import (
+    AckRequest,
+    AlertPage,
+    AlertPublic,
+    Cleared,
+    DeadLettersPublic,
+    MachinePage,
+    MachinePublic,
+)
 from twin.cluster.episodes import episode_key
 from twin.cluster.layout import (
+    DEADLETTERS_SUBJECT,
     EPISODES,
     LEASES,
     STREAM_ALERTS,
+    STREAM_DEADLETTERS,
     STREAM_IN,
     STREAM_STATE,
     WORKER_TTL_S,
@@ -47,7 +57,9 @@ from twin.cluster.layout import (
     to_nats,
 )
 from twin.config import Settings
+from twin.deadletters import DeadLetters
 from twin.errors import Conflict, NotFound
+from twin.messages import Reason
 from twin.state import SortKey
 
 log = logging.getLogger(__name__)
@@ -73,6 +85,7 @@ class ClusterView:
         self._nc: NATS | None = None
         self._peers: Mirror | None = None
         self._leases: Mirror | None = None
+        self.deadletters = DeadLetters(settings.deadletter_max)
         self.started_at = time.monotonic()
 
     @property
@@ -95,6 +108,12 @@ class ClusterView:
         )
         await js.subscribe(
             f"{root}.*.*.alert", stream=STREAM_ALERTS, ordered_consumer=True, cb=self._on_alert
+        )
+        await js.subscribe(
+            DEADLETTERS_SUBJECT,
+            stream=STREAM_DEADLETTERS,
+            ordered_consumer=True,
+            cb=self._on_deadletter,
         )
         self._peers = Mirror(await js.key_value(WORKERS))
         self._leases = Mirror(await js.key_value(LEASES))
@@ -125,6 +144,15 @@ class ClusterView:
         if known is None:
             self._sorted = None
         self.machines[machine] = twin
+
+    async def _on_deadletter(self, msg: Msg) -> None:
+        self.deadletters.record(json.loads(msg.data))
+
+    async def clear_deadletters(self) -> int:
+        """Empty the cluster's dead letters (every API's list, as they follow the stream)."""
+        dropped = self.deadletters.clear()
+        await Api(self.nc).get(f"STREAM.PURGE.{STREAM_DEADLETTERS}")
+        return dropped
 
     async def _on_alert(self, msg: Msg) -> None:
         self._remember(json.loads(msg.data))
@@ -395,6 +423,39 @@ def get_alert(view: ViewDep, alert_id: int) -> Response:
 async def acknowledge(view: ViewDep, alert_id: int, body: AckRequest | None = None) -> Response:
     request = body or AckRequest()
     return _json(await view.acknowledge(alert_id, request.by, request.comment))
+
+
+@router.get(
+    "/deadletters",
+    response_model=DeadLettersPublic,
+    tags=["deadletters"],
+    summary="Rejected messages, newest first",
+)
+def list_deadletters(
+    view: ViewDep,
+    machine: Annotated[str | None, Query(max_length=64)] = None,
+    reason: Reason | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Response:
+    dl = view.deadletters
+    return _json(
+        {
+            "total": dl.total,
+            "by_reason": dict(dl.by_reason),
+            "items": dl.query(machine, reason, limit),
+        }
+    )
+
+
+@router.delete(
+    "/deadletters",
+    response_model=Cleared,
+    dependencies=[OperateAccess],
+    tags=["deadletters"],
+    summary="Empty the dead-letter list, for every API",
+)
+async def clear_deadletters(view: ViewDep) -> Response:
+    return _json({"cleared": await view.clear_deadletters()})
 
 
 @router.get("/cluster", tags=["cluster"], summary="Workers, partitions, lag and layout")

@@ -7,6 +7,7 @@ subject contract between MQTT topics and NATS subjects.
       -> the worker that holds the partition's lease (KV twin_partitions, compare-and-swap)
     workers -> {root}.{site}.{machine}.twin -> stream TWIN_STATE (the last per machine)
             -> {root}.{site}.{machine}.alert -> stream TWIN_ALERTS
+            -> twin.deadletters -> stream TWIN_DEADLETTERS (rejections, the newest 100,000)
     heartbeats: KV twin_workers (entries expire); snapshots: object store twin_snapshots
     open alerts: KV twin_alerts (opening one is a create: no two workers raise the same)
 
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 STREAM_IN = "TWIN_IN"
 STREAM_STATE = "TWIN_STATE"
 STREAM_ALERTS = "TWIN_ALERTS"
+STREAM_DEADLETTERS = "TWIN_DEADLETTERS"
+DEADLETTERS_SUBJECT = "twin.deadletters"
+DEADLETTERS_MAX = 100_000  # the stream keeps the newest this many
 WORKERS = "twin_workers"  # KV: worker id -> heartbeat (partitions held), expiring
 LEASES = "twin_partitions"  # KV: p.NNN -> lease (owner, covered stream sequence, snapshot)
 EPISODES = "twin_alerts"  # KV: site.machine.rule -> its open alert
@@ -117,6 +121,15 @@ class Layout:
                 "subjects": [f"{r}.*.*.alert"],
                 "storage": "file",
                 "max_age": int(ALERTS_MAX_AGE_S * _NS),
+                "duplicate_window": int(DUPLICATE_WINDOW_S * _NS),
+            },
+            STREAM_DEADLETTERS: {
+                "name": STREAM_DEADLETTERS,
+                "subjects": [DEADLETTERS_SUBJECT],
+                "storage": "file",
+                "max_msgs": DEADLETTERS_MAX,
+                "max_age": int(IN_MAX_AGE_S * _NS),
+                "duplicate_window": int(DUPLICATE_WINDOW_S * _NS),
             },
         }
 

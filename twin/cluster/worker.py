@@ -47,6 +47,7 @@ from twin.alerts import Alert, load_rules
 from twin.backup import DataDirLock
 from twin.cluster.episodes import KvEpisodes, message_id
 from twin.cluster.layout import (
+    DEADLETTERS_SUBJECT,
     EPISODES,
     GROUP,
     HEARTBEAT_S,
@@ -155,7 +156,7 @@ class Worker:
             HistoryPolicy(s.history_bucket_s * 1000, FEATURE_WINDOW_MS),
             self.outbox,
         )
-        self.deadletters = DeadLetters(s.deadletter_max)
+        self.deadletters = DeadLetters(s.deadletter_max, listener=self._deadletter)
         # Published by the core thread, sent by the loop: subject, payload, headers.
         self._out: list[tuple[str, bytes, dict[str, str] | None]] = []
         self.episodes = KvEpisodes()
@@ -198,6 +199,13 @@ class Worker:
             headers = {"Nats-Msg-Id": message_id(msgspec.json.decode(payload, type=Alert))}
         self._out.append((to_nats(topic), payload, headers))
 
+    def _deadletter(self, raw: RawMessage, entry: dict[str, Any]) -> None:
+        # The next owner of a partition replaying the message rejects it again, under the same
+        # id (its sequence in the input stream): the stream keeps it once.
+        ident = f"{raw.origin}:{entry['index']}:{entry['reason']}"
+        payload = json.dumps(entry).encode()
+        self._out.append((DEADLETTERS_SUBJECT, payload, {"Nats-Msg-Id": ident}))
+
     async def _core(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the core thread, then send what it published."""
         result = await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -225,7 +233,7 @@ class Worker:
                 tokens = msg.subject.split(".")[3:]
                 if len(tokens) == 3:
                     part.machines.add(tokens[1].replace("//", "."))
-                raws.append(RawMessage(to_topic(root, tokens), msg.data, stored_ms))
+                raws.append(RawMessage(to_topic(root, tokens), msg.data, stored_ms, str(seq)))
             part.applied += len(raws) - before
         self.core.react(self.core.apply(raws))
         if self.outbox.pending:
