@@ -268,8 +268,11 @@ class NatsServer(_Server):
 
     def command(self) -> list[str]:
         config = self.directory / "nats.conf"
-        cluster = ""
+        cluster = mqtt_ha = ""
         if self.cluster_port is not None:
+            # The listener's own streams (sessions, QoS 1 messages) replicated like the twin's:
+            # left to the server, one node's loss can leave them without a leader for good.
+            mqtt_ha = ", stream_replicas: 3"
             routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.routes)
             cluster = (
                 f"cluster {{ name: twin, listen: 127.0.0.1:{self.cluster_port}, "
@@ -279,7 +282,7 @@ class NatsServer(_Server):
             f"server_name: {self.server_name}\n"
             f"listen: 127.0.0.1:{self.port}\n"
             f"jetstream {{ store_dir: {json.dumps(str(self.directory / 'js'))} }}\n"
-            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}\n"
+            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}{mqtt_ha} }}\n"
             f"{cluster}\n"
         )
         return [self.program, "-c", str(config)]

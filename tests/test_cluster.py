@@ -38,8 +38,18 @@ PARTITIONS = 12
 class Cluster:
     """Workers and APIs on one nats-server, each a real process with its own data dir."""
 
-    def __init__(self, nats: NatsServer, tmp: Path, models: Path, partitions: int = PARTITIONS):
+    def __init__(
+        self,
+        nats: NatsServer,
+        tmp: Path,
+        models: Path,
+        partitions: int = PARTITIONS,
+        urls: str | None = None,  # every node's, for a cluster of them
+        replicas: int = 1,
+    ):
         self.nats = nats
+        self.urls = urls or nats.url
+        self.replicas = replicas
         self.tmp = tmp
         self.models = models
         self.partitions = partitions
@@ -49,8 +59,9 @@ class Cluster:
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
-            "TWIN_NATS_URL": self.nats.url,
+            "TWIN_NATS_URL": self.urls,
             "TWIN_NATS_PARTITIONS": str(self.partitions),
+            "TWIN_NATS_REPLICAS": str(self.replicas),
             "TWIN_CLUSTER_SNAPSHOT_S": "1",
             **extra,
         }
@@ -140,6 +151,18 @@ def fleet(nats: NatsServer, machines: int, count: int, rate: float, site: str = 
     devices = Fleet(broker, Topics(), options)
     devices.start(connect_timeout=60)
     return devices
+
+
+def finish(devices: Fleet, timeout: float = 120) -> None:
+    """Wait until the simulator has published everything and the broker acknowledged it all
+    (a device reconnecting resends what was not), then stop it."""
+    assert devices.wait(timeout), "the simulator did not finish"
+    wait_until(
+        lambda: all(p.delivered >= p.published for p in devices.publishers),
+        timeout,
+        "the broker to acknowledge every reading",
+    )
+    devices.stop()
 
 
 def all_received(cluster: Cluster, machines: int, count: int) -> bool:
@@ -257,12 +280,10 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
         victim = cluster.held()["w2"]
         cluster.workers["w2"].kill()  # kill -9, mid-stream
         killed_at = time.monotonic()
-        assert devices.wait(120), "the simulator did not finish"
         wait_until(lambda: cluster.settled({"w1", "w3"}), 60, "w2's partitions to be owned again")
         failover_s = time.monotonic() - killed_at
-        print(f"failover {failover_s:.1f} s; w2 held {victim}")
+        finish(devices)
         wait_until(lambda: all_received(cluster, machines, count), 120, "every reading applied")
-        devices.stop()
     seen = cluster.machines()
     assert sum(m["counters"]["received"] for m in seen.values()) == machines * count
     assert all(m["counters"]["received"] == count for m in seen.values())  # none applied twice
@@ -284,8 +305,7 @@ def test_a_restarted_worker_resumes_from_its_snapshots(cluster: Cluster) -> None
     cluster.start_api()
     wait_until(lambda: cluster.settled({"w1"}), 60, "w1 to hold every partition")
     devices = fleet(cluster.nats, machines, 5, rate=5.0)
-    assert devices.wait(60)
-    devices.stop()
+    finish(devices)
     wait_until(lambda: all_received(cluster, machines, 5), 60, "the first readings")
     wait_until(lambda: quiet(cluster), 60, "the devices' last status messages applied")
     assert worker.terminate() == 0  # SIGTERM: snapshot, ack, give back
@@ -297,8 +317,7 @@ def test_a_restarted_worker_resumes_from_its_snapshots(cluster: Cluster) -> None
     assert "replayed 0 messages" in log
     assert "replayed 1" not in log
     devices = fleet(cluster.nats, machines, 5, rate=5.0, site="s1")
-    assert devices.wait(60)
-    devices.stop()
+    finish(devices)
     wait_until(lambda: all_received(cluster, machines, 10), 60, "the second readings on top")
 
 
@@ -315,8 +334,7 @@ def test_a_fourth_worker_takes_its_share_and_one_leaves_cleanly(cluster: Cluster
         assert list(cluster.owners().values()).count("w4") == PARTITIONS // 4
         assert cluster.workers["w1"].terminate() == 0
         wait_until(lambda: cluster.settled({"w2", "w3", "w4"}), 60, "w1's share to move")
-        assert devices.wait(120)
-        devices.stop()
+        finish(devices)
         wait_until(lambda: all_received(cluster, machines, count), 60, "every reading applied")
     assert polls["failures"] == []
     assert polls["overlaps"] == []
@@ -421,3 +439,61 @@ def test_bad_input_gets_the_reasons_and_dead_letters_it_gets_in_twin_serve(
     )
     by_reason = cluster.get("/deadletters")["by_reason"]
     assert by_reason == expected
+
+
+def test_a_three_node_cluster_loses_nothing_when_a_node_stops_under_load(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    ports = [free_port() for _ in range(3)]
+    nodes = [
+        NatsServer(tmp_path / f"n{i}", f"n{i}", ports[i], [p for p in ports if p != ports[i]])
+        for i in range(3)
+    ]
+    urls = ",".join(node.url for node in nodes)
+    cluster = Cluster(nodes[0], tmp_path, models_dir, urls=urls, replicas=3)
+    try:
+        for node in nodes:
+            node.start()
+        wait_until(lambda: _init_ok(cluster), 60, "the three nodes to elect a meta leader")
+        for name in ("w1", "w2"):
+            cluster.worker(name)
+        cluster.start_api()
+        wait_until(lambda: cluster.settled({"w1", "w2"}), 90, "two workers to share out")
+        machines, count = 500, 20
+        with polling(cluster) as polls:
+            devices = fleet(nodes[0], machines, count, rate=2.0)  # through node 0's listener
+            time.sleep(4)
+            # Under load, a node goes: the consumers, buckets and MQTT streams it leads move to
+            # the other two. Not the input stream's leader: nats-server's MQTT listener
+            # acknowledges a message before that stream stores it, so what it acknowledged
+            # while that leader moved can be lost (README, "Scaling out").
+            leader = stream_leader(nodes[0], "TWIN_IN")
+            victim = next(n for n in nodes[1:] if n.server_name != leader)
+            victim.stop()
+            finish(devices)
+            wait_until(lambda: all_received(cluster, machines, count), 120, "every reading")
+        assert polls["failures"] == []
+        seen = cluster.machines()
+        assert sum(m["counters"]["received"] for m in seen.values()) == machines * count
+    finally:
+        cluster.close()
+        for node in nodes:
+            node.close()
+
+
+def stream_leader(node: NatsServer, stream: str) -> str:
+    async def ask() -> str:
+        nc = await nats_client.connect(node.url)
+        info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"")).data)
+        await nc.close()
+        return str(info["cluster"]["leader"])
+
+    return asyncio.run(ask())
+
+
+def _init_ok(cluster: Cluster) -> bool:
+    try:
+        cluster.init()
+        return True
+    except AssertionError:
+        return False

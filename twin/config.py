@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     # Cluster mode: `twin worker` and `twin api` on NATS JetStream (README, "Scaling out").
     nats_url: str | None = None  # nats://[user:pass@]host[:port][,nats://...]
     nats_partitions: int = Field(default=32, ge=1, le=1024)  # changing it is a migration
+    nats_replicas: int = Field(default=1, ge=1, le=5)  # of every stream and bucket: 3 on 3 nodes
     worker_id: str = Field(default_factory=lambda: _host_id(), pattern=r"^[A-Za-z0-9_-]{1,64}$")
     cluster_snapshot_s: float = Field(default=2.0, gt=0, le=60)  # a partition's ack cadence
 

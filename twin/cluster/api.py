@@ -41,6 +41,7 @@ from twin.cluster.layout import (
     DEADLETTERS_SUBJECT,
     EPISODES,
     LEASES,
+    SNAPSHOTS,
     STREAM_ALERTS,
     STREAM_DEADLETTERS,
     STREAM_IN,
@@ -48,11 +49,12 @@ from twin.cluster.layout import (
     WORKER_TTL_S,
     WORKERS,
     Api,
-    Layout,
+    ClusterError,
     Mirror,
     check,
     connect,
     consumer,
+    layout_of,
     lease_key,
     to_nats,
 )
@@ -77,7 +79,7 @@ class ClusterView:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.layout = Layout(settings.topic_root, settings.nats_partitions)
+        self.layout = layout_of(settings)
         self.machines: dict[str, dict[str, Any]] = {}
         self._sorted: list[str] | None = []
         self.alerts: dict[int, dict[str, Any]] = {}  # id -> its latest change
@@ -279,25 +281,37 @@ class ClusterView:
             recent = now - ts < WORKER_TTL_S * 1000  # the bucket expires entries lazily
             workers.append({"id": name, "last_heartbeat": ts, "live": recent, **_worker(beat)})
         live = {w["id"] for w in workers if w["live"]}
-        partitions = []
+        partitions, unknown = [], []
         for number in range(self.layout.partitions):
             lease = (leases.json(lease_key(number)) or ({}, 0))[0]
-            info = await api.get(f"CONSUMER.INFO.{STREAM_IN}.{consumer(number)}")
             owner = lease.get("owner")
-            partitions.append(
-                {
-                    "partition": number,
-                    "owner": owner if owner in live else None,
-                    "covered": lease.get("upto", 0),
-                    "lag": info["num_pending"] + info["num_ack_pending"],
-                    "pending": info["num_pending"],
-                    "unacknowledged": info["num_ack_pending"],
-                    "redelivered": info["num_redelivered"],
-                }
-            )
-        streams = {}
-        for name in (STREAM_IN, STREAM_STATE, STREAM_ALERTS):
-            info = await api.get(f"STREAM.INFO.{name}")
+            row: dict[str, Any] = {
+                "partition": number,
+                "owner": owner if owner in live else None,
+                "covered": lease.get("upto", 0),
+                "lag": None,  # while JetStream cannot say (a leader moving)
+                "pending": None,
+                "unacknowledged": None,
+                "redelivered": None,
+            }
+            try:
+                info = await api.get(f"CONSUMER.INFO.{STREAM_IN}.{consumer(number)}")
+            except ClusterError as exc:
+                unknown.append(f"partition {number}: {exc}")
+            else:
+                row["lag"] = info["num_pending"] + info["num_ack_pending"]
+                row["pending"] = info["num_pending"]
+                row["unacknowledged"] = info["num_ack_pending"]
+                row["redelivered"] = info["num_redelivered"]
+            partitions.append(row)
+        streams: dict[str, Any] = {}
+        for name in (STREAM_IN, STREAM_STATE, STREAM_ALERTS, STREAM_DEADLETTERS):
+            try:
+                info = await api.get(f"STREAM.INFO.{name}")
+            except ClusterError as exc:
+                unknown.append(f"stream {name}: {exc}")
+                streams[name] = None
+                continue
             streams[name] = {
                 "subjects": info["config"]["subjects"],
                 "messages": info["state"]["messages"],
@@ -309,9 +323,11 @@ class ClusterView:
             "partitions": partitions,
             "layout": {
                 "partitions": self.layout.partitions,
+                "replicas": self.layout.replicas,
                 "streams": streams,
-                "buckets": [WORKERS, LEASES],
+                "buckets": [WORKERS, LEASES, EPISODES, SNAPSHOTS],
             },
+            "unknown": unknown,  # what JetStream did not answer this time
         }
 
     async def health(self) -> dict[str, Any]:
@@ -323,13 +339,14 @@ class ClusterView:
         if orphans:
             listed = ", ".join(map(str, orphans[:10])) + (", ..." if len(orphans) > 10 else "")
             problems.append(f"{len(orphans)} partitions have no owner: {listed}")
+        problems += [f"JetStream did not answer for {what}" for what in cluster["unknown"][:5]]
         return {
             "status": "degraded" if problems else "ok",
             "problems": problems,
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "machines": len(self.machines),
             "workers": len(cluster["workers"]),
-            "lag": sum(p["lag"] for p in cluster["partitions"]),
+            "lag": sum(p["lag"] or 0 for p in cluster["partitions"]),
         }
 
 

@@ -17,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
 import msgspec
-from nats.js.errors import KeyValueError, KeyWrongLastSequenceError
+from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import Error as NatsError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from twin.alerts import Alert
@@ -30,7 +33,8 @@ from twin.cluster.layout import Mirror
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_WAIT_S = 10.0
+_WAIT_S = 3.0  # for one bucket call
+_BACKOFF_S = 5.0  # after a failed call, this long on the worker's own view only
 
 
 def episode_key(site: str, machine: str, rule: str) -> str:
@@ -57,6 +61,7 @@ class KvEpisodes:
         self._mirror: Mirror | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.failures = 0
+        self._skip_until = 0.0
 
     async def start(self, kv: KeyValue) -> None:
         """Bind to the bucket and follow it (from the worker's event loop)."""
@@ -82,10 +87,16 @@ class KvEpisodes:
         return found
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._loop is None:
+        """Run a bucket call on the loop; while the bucket has just failed (a leader moving, the
+        server away), fail at once rather than hold the core thread for each alert."""
+        if self._loop is None or time.monotonic() < self._skip_until:
             coro.close()
-            raise RuntimeError("the alert bucket is not bound")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(_WAIT_S)
+            raise RuntimeError("the alert bucket is not available")
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result(_WAIT_S)
+        except (TimeoutError, OSError, NoRespondersError, ConnectionClosedError):
+            self._skip_until = time.monotonic() + _BACKOFF_S
+            raise
 
     def _kv_(self) -> KeyValue:
         if self._kv is None:
@@ -103,12 +114,12 @@ class KvEpisodes:
             return alert
         except KeyWrongLastSequenceError:
             pass
-        except (KeyValueError, TimeoutError, OSError, RuntimeError) as exc:
+        except (NatsError, TimeoutError, OSError, RuntimeError) as exc:
             self._failed("open", alert, exc)
             return alert
         try:
             entry = self._call(kv.get(key))
-        except (KeyValueError, TimeoutError, OSError) as exc:
+        except (NatsError, TimeoutError, OSError, RuntimeError) as exc:
             self._failed("read", alert, exc)
             return alert
         if not entry.value:
@@ -136,16 +147,23 @@ class KvEpisodes:
                 return
             except KeyWrongLastSequenceError:
                 continue  # written meanwhile: read it again
-            except (KeyValueError, TimeoutError, OSError) as exc:
+            except (NatsError, TimeoutError, OSError, RuntimeError) as exc:
                 self._failed("update", alert, exc)
                 return
 
     def close(self, alert: Alert) -> None:
         try:
             self._call(self._kv_().delete(episode_key(alert.site, alert.machine, alert.rule)))
-        except (KeyValueError, TimeoutError, OSError) as exc:
+        except (NatsError, TimeoutError, OSError, RuntimeError) as exc:
             self._failed("close", alert, exc)
 
     def _failed(self, what: str, alert: Alert, exc: BaseException) -> None:
         self.failures += 1
-        log.warning("could not %s alert %d in the cluster's bucket: %s", what, alert.id, exc)
+        if self.failures == 1 or self.failures % 100 == 0:
+            log.warning(
+                "could not %s alert %d in the cluster's bucket (%s); %d such failures so far",
+                what,
+                alert.id,
+                exc or type(exc).__name__,
+                self.failures,
+            )

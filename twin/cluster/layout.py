@@ -24,7 +24,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError, NoServersError, TimeoutError
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
@@ -90,12 +89,14 @@ def to_topic(root: str, tokens: list[str]) -> str:
 class Layout:
     root: str  # TWIN_TOPIC_ROOT
     partitions: int  # TWIN_NATS_PARTITIONS
+    replicas: int = 1  # TWIN_NATS_REPLICAS: 3 on a three-node cluster
 
     def streams(self) -> dict[str, dict[str, Any]]:
         r = self.root
         return {
             STREAM_IN: {
                 "name": STREAM_IN,
+                "num_replicas": self.replicas,
                 "subjects": [f"{r}.*.*.telemetry", f"{r}.*.*.status", f"{r}.*.*.event"],
                 "subject_transform": {
                     "src": f"{r}.*.*.*",
@@ -111,6 +112,7 @@ class Layout:
             },
             STREAM_STATE: {
                 "name": STREAM_STATE,
+                "num_replicas": self.replicas,
                 "subjects": [f"{r}.*.*.twin"],
                 "storage": "file",
                 "max_msgs_per_subject": 1,
@@ -118,6 +120,7 @@ class Layout:
             },
             STREAM_ALERTS: {
                 "name": STREAM_ALERTS,
+                "num_replicas": self.replicas,
                 "subjects": [f"{r}.*.*.alert"],
                 "storage": "file",
                 "max_age": int(ALERTS_MAX_AGE_S * _NS),
@@ -125,6 +128,7 @@ class Layout:
             },
             STREAM_DEADLETTERS: {
                 "name": STREAM_DEADLETTERS,
+                "num_replicas": self.replicas,
                 "subjects": [DEADLETTERS_SUBJECT],
                 "storage": "file",
                 "max_msgs": DEADLETTERS_MAX,
@@ -151,20 +155,39 @@ class Layout:
         }
 
 
+def layout_of(settings: Settings) -> Layout:
+    return Layout(settings.topic_root, settings.nats_partitions, settings.nats_replicas)
+
+
 async def connect(settings: Settings, name: str) -> NATS:
     """Connect to the cluster (`TWIN_NATS_URL`); reconnects for ever once connected."""
     if not settings.nats_url:
         raise ClusterError("cluster mode needs TWIN_NATS_URL (e.g. nats://127.0.0.1:4222)")
     servers = [u.strip() for u in settings.nats_url.split(",")]
+    nc = NATS()
+
+    async def disconnected() -> None:
+        log.warning("disconnected from NATS; reconnecting")
+
+    async def reconnected() -> None:
+        log.info("reconnected to NATS at %s", nc.connected_url.netloc if nc.connected_url else "?")
+
+    async def error(exc: Exception) -> None:
+        log.warning("NATS: %s", exc or type(exc).__name__)
+
     try:
-        return await nats.connect(
+        await nc.connect(
             servers=servers,
             name=name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
             connect_timeout=5,
             allow_reconnect=True,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
         )
+        return nc
     except (OSError, NoServersError, TimeoutError) as exc:
         raise ClusterError(f"cannot reach NATS at {settings.nats_url}: {exc}") from exc
 
@@ -175,7 +198,7 @@ def run_init(settings: Settings) -> list[str]:
     async def main() -> list[str]:
         nc = await connect(settings, "twin-cluster-init")
         try:
-            return await init(nc, Layout(settings.topic_root, settings.nats_partitions))
+            return await init(nc, layout_of(settings))
         finally:
             await nc.close()
 
@@ -299,14 +322,22 @@ async def init(nc: NATS, layout: Layout) -> list[str]:
             done.append(f"bucket {bucket} exists")
         except Exception:
             await js.create_key_value(
-                KeyValueConfig(bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE)
+                KeyValueConfig(
+                    bucket=bucket,
+                    history=1,
+                    ttl=ttl,
+                    storage=StorageType.FILE,
+                    replicas=layout.replicas,
+                )
             )
             done.append(f"created bucket {bucket}")
     try:
         await js.object_store(SNAPSHOTS)
         done.append(f"object store {SNAPSHOTS} exists")
     except Exception:
-        await js.create_object_store(SNAPSHOTS, ObjectStoreConfig(storage=StorageType.FILE))
+        await js.create_object_store(
+            SNAPSHOTS, ObjectStoreConfig(storage=StorageType.FILE, replicas=layout.replicas)
+        )
         done.append(f"created object store {SNAPSHOTS}")
     return done
 

@@ -58,11 +58,11 @@ from twin.cluster.layout import (
     WORKERS,
     Api,
     ClusterError,
-    Layout,
     Mirror,
     check,
     connect,
     consumer,
+    layout_of,
     lease_key,
     partition_filter,
     to_nats,
@@ -146,7 +146,7 @@ class Worker:
     def __init__(self, settings: Settings) -> None:
         s = self.settings = settings
         self.id = s.worker_id
-        self.layout = Layout(s.topic_root, s.nats_partitions)
+        self.layout = layout_of(s)
         self.topics = Topics(s.topic_root)
         self.lock = DataDirLock(s.data_dir)
         self.outbox = HistoryOutbox()
@@ -186,6 +186,7 @@ class Worker:
         self._peers: Mirror | None = None  # twin_workers, followed
         self._lease_view: Mirror | None = None  # twin_partitions, followed
         self._busy = asyncio.Lock()  # taking, giving back and snapshots, one at a time
+        self._beat_ok = float("-inf")  # when this worker's heartbeat last reached the bucket
         # Deliveries pulled and not yet applied, of every partition: applied together once a
         # commit window (TWIN_JOURNAL_COMMIT_MS) has let them gather, as `twin serve` does.
         self._arrived: list[tuple[Partition, list[Msg]]] = []
@@ -345,6 +346,7 @@ class Worker:
             "applied": sum(p.applied for p in self.partitions.values()),
         }
         await _open(self._workers).put(self.id, json.dumps(beat).encode())
+        self._beat_ok = time.monotonic()
 
     async def _idle(self) -> None:
         await self._core(self.core.react, set())
@@ -368,6 +370,10 @@ class Worker:
         return Lease(data.get("owner"), data.get("upto", 0), data.get("snapshot"), revision)
 
     async def _balance(self) -> None:
+        if time.monotonic() - self._beat_ok > WORKER_TTL_S / 2:
+            # The bucket is not taking this worker's heartbeats (a leader moving, the server
+            # away): the others' look stale for the same reason, so judge nobody meanwhile.
+            return
         async with self._busy:
             live = self._live() | {self.id}
             share = math.ceil(self.layout.partitions / len(live))
@@ -552,7 +558,10 @@ class Worker:
             part.task.cancel()
             await asyncio.gather(part.task, return_exceptions=True)
         if await self._snapshot(part, None):
-            await Api(self.nc).unpin(number)
+            try:
+                await Api(self.nc).unpin(number)
+            except ClusterError as exc:  # the pin times out by itself (PIN_TIMEOUT_S)
+                log.warning("could not unpin partition %d: %s", number, exc)
             await self._drop(part)
             self.given += 1
             log.info("gave partition %d back at sequence %d", number, part.upto)
