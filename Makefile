@@ -41,6 +41,7 @@ bench: $(BIN)/.installed services
 	$(BIN)/python -m bench.sink
 	$(BIN)/python -m bench.model
 	$(BIN)/python -m bench.allocation
+	$(BIN)/python -m bench.cluster
 
 clean:
 	rm -rf $(VENV) twin-data .pytest_cache .ruff_cache

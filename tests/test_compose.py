@@ -19,8 +19,10 @@ DASHBOARDS = sorted((ROOT / "deploy/grafana/dashboards").glob("*.json"))
 
 
 def test_the_stack_has_its_services_ports_and_volumes() -> None:
-    assert set(SERVICES) == {"mosquitto", "influxdb", "grafana", "twin", "simulator"}
+    cluster = {"nats1", "nats2", "nats3", "cluster-init", "worker1", "worker2", "twin-api"}
+    assert set(SERVICES) == {"mosquitto", "influxdb", "grafana", "twin", "simulator", *cluster}
     assert SERVICES["simulator"]["profiles"] == ["sim"]
+    assert all(SERVICES[name]["profiles"] == ["cluster"] for name in cluster)
     assert "1883:1883" in SERVICES["mosquitto"]["ports"]
     assert "8086:8086" in SERVICES["influxdb"]["ports"]
     assert "3000:3000" in SERVICES["grafana"]["ports"]
@@ -33,6 +35,21 @@ def test_the_stack_has_its_services_ports_and_volumes() -> None:
             else:
                 assert source in COMPOSE["volumes"], f"{name} uses undeclared volume {source}"
             assert target.startswith("/")
+
+
+def test_the_cluster_profile_runs_three_replicated_nodes_two_workers_and_the_api() -> None:
+    for name in ("nats1", "nats2", "nats3"):
+        assert SERVICES[name]["image"].startswith("nats:2.1")  # pinned consumers: 2.11
+        assert SERVICES[name]["environment"]["NATS_NAME"] == name
+    conf = (ROOT / "deploy/nats/cluster.conf").read_text()
+    assert "stream_replicas: 3" in conf
+    assert all(f"nats-route://{n}:6222" in conf for n in ("nats1", "nats2", "nats3"))
+    env = SERVICES["worker1"]["environment"]
+    assert env["TWIN_NATS_REPLICAS"] == "3"
+    assert env["TWIN_NATS_URL"].count("nats://twin:${NATS_TWIN_PASSWORD") == 3
+    assert SERVICES["worker1"]["environment"]["TWIN_WORKER_ID"] == "worker1"
+    assert SERVICES["worker2"]["environment"]["TWIN_WORKER_ID"] == "worker2"
+    assert SERVICES["twin-api"]["command"][:2] == ["twin", "api"]
 
 
 def test_the_twin_is_wired_to_the_broker_with_credentials_and_to_influxdb2() -> None:
