@@ -439,6 +439,13 @@ def test_bad_input_gets_the_reasons_and_dead_letters_it_gets_in_twin_serve(
     )
     by_reason = cluster.get("/deadletters")["by_reason"]
     assert by_reason == expected
+    url = f"http://127.0.0.1:{cluster.api_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        metrics = response.read().decode()
+    assert "twin_cluster_workers 1.0" in metrics
+    assert "twin_cluster_partitions_unowned 0.0" in metrics
+    assert "twin_readings_applied_total 20.0" in metrics
+    assert 'twin_rejections_total{reason="not_json"} 40.0' in metrics
 
 
 def test_a_three_node_cluster_loses_nothing_when_a_node_stops_under_load(

@@ -16,7 +16,7 @@ from twin.status import TwinStatus
 Family = CounterMetricFamily | GaugeMetricFamily
 
 
-def _one(kind: type[Family], name: str, doc: str, value: float) -> Family:
+def single(kind: type[Family], name: str, doc: str, value: float) -> Family:
     family = kind(name, doc)
     family.add_metric([], value)
     return family
@@ -31,23 +31,25 @@ class TwinCollector(Collector):
     def collect(self) -> Iterator[Family]:
         s = self.status()
         counter, gauge = CounterMetricFamily, GaugeMetricFamily
-        yield _one(
+        yield single(
             counter, "twin_readings_applied", "Distinct readings applied", s.readings.received
         )
-        yield _one(
+        yield single(
             counter, "twin_readings_duplicate", "Readings seen before", s.readings.duplicates
         )
         rejected = counter("twin_rejections", "Rejected messages or readings", labels=["reason"])
         for reason, count in sorted(s.rejections.items()):
             rejected.add_metric([reason], count)
         yield rejected
-        yield _one(gauge, "twin_machines", "Machines with a twin", s.machines)
-        yield _one(gauge, "twin_journal_rows", "Rows in the journal", s.journal.rows)
-        yield _one(gauge, "twin_journal_lag", "Messages received, not yet committed", s.journal.lag)
-        yield _one(
+        yield single(gauge, "twin_machines", "Machines with a twin", s.machines)
+        yield single(gauge, "twin_journal_rows", "Rows in the journal", s.journal.rows)
+        yield single(
+            gauge, "twin_journal_lag", "Messages received, not yet committed", s.journal.lag
+        )
+        yield single(
             counter, "twin_journal_dropped", "Rows dropped by the size bound", s.journal.dropped
         )
-        yield _one(
+        yield single(
             gauge, "twin_mqtt_connected", "1 when connected to the broker", s.broker_connected
         )
         lag = gauge("twin_sink_lag", "Journal messages not yet sent", labels=["sink"])
@@ -60,17 +62,17 @@ class TwinCollector(Collector):
             drops.add_metric([sink.name], sink.dropped)
             points.add_metric([sink.name], sink.written)
         yield from (lag, retries, drops, points)
-        yield _one(counter, "twin_scoring_seconds", "Time spent scoring risk", s.scoring.seconds)
-        yield _one(gauge, "twin_stream_clients", "Connected /stream clients", s.stream.clients)
+        yield single(counter, "twin_scoring_seconds", "Time spent scoring risk", s.scoring.seconds)
+        yield single(gauge, "twin_stream_clients", "Connected /stream clients", s.stream.clients)
         dropped = counter("twin_stream_dropped", "/stream clients dropped", labels=["reason"])
         for reason, count in s.stream.dropped.items():
             dropped.add_metric([reason], count)
         yield dropped
-        yield _one(counter, "twin_scored_machines", "Machine scorings", s.scoring.scored)
-        yield _one(
+        yield single(counter, "twin_scored_machines", "Machine scorings", s.scoring.scored)
+        yield single(
             gauge, "twin_outbound_queued", "MQTT messages waiting for the broker", s.outbound.queued
         )
-        yield _one(counter, "twin_outbound_dropped", "MQTT messages dropped", s.outbound.dropped)
+        yield single(counter, "twin_outbound_dropped", "MQTT messages dropped", s.outbound.dropped)
 
 
 def registry_for(status: Callable[[], TwinStatus]) -> tuple[CollectorRegistry, Histogram]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
@@ -23,6 +23,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from twin.alerts import Severity
 from twin.api.deps import BODY_ERRORS, NOT_FOUND, OperateAccess, ReadAccess
@@ -62,6 +65,7 @@ from twin.config import Settings
 from twin.deadletters import DeadLetters
 from twin.errors import Conflict, NotFound
 from twin.messages import Reason
+from twin.metrics import single
 from twin.state import SortKey
 
 log = logging.getLogger(__name__)
@@ -365,6 +369,7 @@ def _view(request: Request) -> ClusterView:
 
 ViewDep = Annotated[ClusterView, Depends(_view)]
 router = APIRouter(dependencies=[ReadAccess])
+open_router = APIRouter()  # liveness and metrics stay open, as with `twin serve`
 
 
 def _json(payload: Any) -> Response:
@@ -480,7 +485,7 @@ async def get_cluster(view: ViewDep) -> Response:
     return _json(await view.cluster())
 
 
-@router.get("/health", tags=["operations"], summary="ok, or degraded with the reasons")
+@open_router.get("/health", tags=["operations"], summary="ok, or degraded with the reasons")
 async def get_health(view: ViewDep) -> Response:
     health = await view.health()
     return Response(
@@ -488,6 +493,62 @@ async def get_health(view: ViewDep) -> Response:
         status_code=200 if health["status"] == "ok" else 503,
         media_type="application/json",
     )
+
+
+@open_router.get(
+    "/metrics", response_class=Response, tags=["operations"], summary="Prometheus metrics"
+)
+async def get_metrics(view: ViewDep) -> Response:
+    """The cluster as `/cluster` sees it now, and the fleet as the streams tell it."""
+    cluster = await view.cluster()
+    gauge, counter = GaugeMetricFamily, CounterMetricFamily
+    live = [w for w in cluster["workers"] if w["live"]]
+    families: list[GaugeMetricFamily | CounterMetricFamily] = [
+        single(gauge, "twin_cluster_workers", "Workers with a recent heartbeat", len(live)),
+        single(
+            gauge,
+            "twin_cluster_partitions_unowned",
+            "Partitions without a live owner",
+            sum(p["owner"] is None for p in cluster["partitions"]),
+        ),
+        single(gauge, "twin_machines", "Machines with a twin", len(view.machines)),
+        single(
+            counter,
+            "twin_readings_applied",
+            "Distinct readings applied, over every machine",
+            sum(m["counters"]["received"] for m in view.machines.values()),
+        ),
+    ]
+    lag = gauge("twin_cluster_partition_lag", "Messages not yet acknowledged", labels=["partition"])
+    redelivered = counter(
+        "twin_cluster_partition_redelivered", "Messages delivered again", labels=["partition"]
+    )
+    for p in cluster["partitions"]:
+        if p["lag"] is not None:
+            lag.add_metric([str(p["partition"])], p["lag"])
+            redelivered.add_metric([str(p["partition"])], p["redelivered"])
+    held = gauge("twin_cluster_worker_partitions", "Partitions a worker holds", labels=["worker"])
+    for worker in live:
+        held.add_metric([worker["id"]], len(worker["partitions"]))
+    stored = gauge("twin_cluster_stream_messages", "Messages in a stream", labels=["stream"])
+    for name, stream in cluster["layout"]["streams"].items():
+        if stream is not None:
+            stored.add_metric([name], stream["messages"])
+    rejected = counter("twin_rejections", "Rejected messages or readings", labels=["reason"])
+    for reason, count in sorted(view.deadletters.by_reason.items()):
+        rejected.add_metric([reason], count)
+    families += [lag, redelivered, held, stored, rejected]
+    registry = CollectorRegistry()
+    registry.register(_Families(families))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class _Families(Collector):
+    def __init__(self, families: list[GaugeMetricFamily | CounterMetricFamily]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        return iter(self.families)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -510,6 +571,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.view = view
     app.state.settings = settings
     install_errors(app)
+    app.include_router(open_router)
     app.include_router(router)
     return app
 
