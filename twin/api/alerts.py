@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from twin.alerts import Severity
 from twin.api.deps import BODY_ERRORS, NOT_FOUND, AlertsDep, OperateAccess
+from twin.api.params import LimitParam, MachineParam, OffsetParam, SiteParam
 from twin.api.schemas import AckRequest, AlertPage, AlertPublic
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
@@ -17,13 +18,13 @@ router = APIRouter(prefix="/alerts", tags=["alerts"])
 @router.get("", response_model=AlertPage, summary="Alerts, newest first")
 def list_alerts(
     alerts: AlertsDep,
-    machine: Annotated[str | None, Query(max_length=64)] = None,
-    site: Annotated[str | None, Query(max_length=64)] = None,
+    machine: MachineParam = None,
+    site: SiteParam = None,
     state: Literal["active", "cleared"] | None = None,
     severity: Severity | None = None,
     acknowledged: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: LimitParam = 100,
+    offset: OffsetParam = 0,
 ) -> dict[str, Any]:
     total, found = alerts.query(
         machine=machine,

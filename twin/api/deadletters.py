@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from twin.api.deps import DeadLettersDep, OperateAccess
+from twin.api.params import LimitParam, MachineParam
 from twin.api.schemas import Cleared, DeadLettersPublic
 from twin.messages import Reason
 
@@ -16,9 +17,9 @@ router = APIRouter(prefix="/deadletters", tags=["deadletters"])
 @router.get("", response_model=DeadLettersPublic, summary="Rejected messages, newest first")
 def list_deadletters(
     dl: DeadLettersDep,
-    machine: Annotated[str | None, Query(max_length=64)] = None,
+    machine: MachineParam = None,
     reason: Reason | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: LimitParam = 100,
 ) -> dict[str, Any]:
     return {
         "total": dl.total,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Response
 
 from twin.alerts import AlertManager
 from twin.api.deps import NOT_FOUND, AlertsDep, HistoryDep, StateDep, problem
+from twin.api.params import LimitParam, MinRiskParam, OffsetParam, SiteParam
 from twin.api.schemas import HistoryPublic, MachinePage, MachinePublic
 from twin.errors import NotFound
 from twin.state import SortKey
@@ -20,12 +21,12 @@ router = APIRouter(prefix="/machines", tags=["machines"])
 def list_machines(
     state: StateDep,
     alerts: AlertsDep,
-    site: Annotated[str | None, Query(max_length=64)] = None,
+    site: SiteParam = None,
     online: bool | None = None,
     sort: SortKey = "machine",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    min_risk: Annotated[float | None, Query(ge=0, le=1)] = None,
+    limit: LimitParam = 100,
+    offset: OffsetParam = 0,
+    min_risk: MinRiskParam = None,
 ) -> Response:
     total, items = state.query(site, online, sort, limit, offset, min_risk)
     return _json(

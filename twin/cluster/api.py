@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from twin.alerts import Severity
 from twin.api.deps import BODY_ERRORS, NOT_FOUND, OperateAccess, ReadAccess
+from twin.api.params import LimitParam, MachineParam, MinRiskParam, OffsetParam, SiteParam
 from twin.api.router import install_errors
 from twin.api.schemas import (
     AckRequest,
@@ -379,12 +380,12 @@ def _json(payload: Any) -> Response:
 @router.get("/machines", response_model=MachinePage, tags=["machines"], summary="List the fleet")
 def list_machines(
     view: ViewDep,
-    site: Annotated[str | None, Query(max_length=64)] = None,
+    site: SiteParam = None,
     online: bool | None = None,
     sort: SortKey = "machine",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    min_risk: Annotated[float | None, Query(ge=0, le=1)] = None,
+    limit: LimitParam = 100,
+    offset: OffsetParam = 0,
+    min_risk: MinRiskParam = None,
 ) -> Response:
     total, items = view.query(site, online, sort, limit, offset, min_risk)
     page = [{**m, "alerts": view.alerts_for(m["machine"])} for m in items]
@@ -408,13 +409,13 @@ def get_machine(view: ViewDep, machine: str) -> Response:
 @router.get("/alerts", response_model=AlertPage, tags=["alerts"], summary="Alerts, newest first")
 def list_alerts(
     view: ViewDep,
-    machine: Annotated[str | None, Query(max_length=64)] = None,
-    site: Annotated[str | None, Query(max_length=64)] = None,
+    machine: MachineParam = None,
+    site: SiteParam = None,
     state: Literal["active", "cleared"] | None = None,
     severity: Severity | None = None,
     acknowledged: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: LimitParam = 100,
+    offset: OffsetParam = 0,
 ) -> Response:
     total, found = view.query_alerts(machine, site, state, severity, acknowledged, limit, offset)
     return _json({"items": found, "total": total, "limit": limit, "offset": offset})
@@ -455,9 +456,9 @@ async def acknowledge(view: ViewDep, alert_id: int, body: AckRequest | None = No
 )
 def list_deadletters(
     view: ViewDep,
-    machine: Annotated[str | None, Query(max_length=64)] = None,
+    machine: MachineParam = None,
     reason: Reason | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: LimitParam = 100,
 ) -> Response:
     dl = view.deadletters
     return _json(
