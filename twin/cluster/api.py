@@ -356,11 +356,11 @@ class ClusterView:
 
 
 def _worker(beat: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "partitions": beat.get("partitions", []),
-        "machines": beat.get("machines", 0),
-        "applied": beat.get("applied", 0),
-    }
+    """What a heartbeat says: partitions held, and since the worker started, partitions taken,
+    given back and lost to another's lease; for those it holds, messages applied and skipped
+    as redeliveries."""
+    keys = ("machines", "applied", "redelivered", "taken", "given", "lost")
+    return {"partitions": beat.get("partitions", []), **{k: beat.get(k, 0) for k in keys}}
 
 
 def _view(request: Request) -> ClusterView:

@@ -312,7 +312,11 @@ class Worker:
             self.core.alerts.close()
             self.lock.release()
         log.info(
-            "worker %s stopped: took %d partitions, gave back %d", self.id, self.taken, self.given
+            "worker %s stopped: took %d partitions, gave back %d, lost %d",
+            self.id,
+            self.taken,
+            self.given,
+            self.lost,
         )
 
     async def _every(self, period_s: float, step: Callable[[], Any]) -> None:
@@ -344,6 +348,10 @@ class Worker:
             "ts": int(time.time() * 1000),
             "machines": len(self.state),
             "applied": sum(p.applied for p in self.partitions.values()),
+            "redelivered": sum(p.skipped for p in self.partitions.values()),
+            "taken": self.taken,
+            "given": self.given,
+            "lost": self.lost,  # dropped when another worker's lease was found
         }
         await _open(self._workers).put(self.id, json.dumps(beat).encode())
         self._beat_ok = time.monotonic()
