@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from twin.alerts import Severity
-from twin.api.deps import BODY_ERRORS, NOT_FOUND, OperateAccess, ReadAccess
+from twin.api.deps import BODY_ERRORS, NOT_FOUND, OperateAccess, ReadAccess, json_response
 from twin.api.params import LimitParam, MachineParam, MinRiskParam, OffsetParam, SiteParam
 from twin.api.router import install_errors
 from twin.api.schemas import (
@@ -373,10 +373,6 @@ router = APIRouter(dependencies=[ReadAccess])
 open_router = APIRouter()  # liveness and metrics stay open, as with `twin serve`
 
 
-def _json(payload: Any) -> Response:
-    return Response(msgspec.json.encode(payload), media_type="application/json")
-
-
 @router.get("/machines", response_model=MachinePage, tags=["machines"], summary="List the fleet")
 def list_machines(
     view: ViewDep,
@@ -389,7 +385,7 @@ def list_machines(
 ) -> Response:
     total, items = view.query(site, online, sort, limit, offset, min_risk)
     page = [{**m, "alerts": view.alerts_for(m["machine"])} for m in items]
-    return _json({"items": page, "total": total, "limit": limit, "offset": offset})
+    return json_response({"items": page, "total": total, "limit": limit, "offset": offset})
 
 
 @router.get(
@@ -403,7 +399,7 @@ def get_machine(view: ViewDep, machine: str) -> Response:
     found = view.machines.get(machine)
     if found is None:
         raise NotFound(f"no machine {machine!r} has reported")
-    return _json({**found, "alerts": view.alerts_for(machine)})
+    return json_response({**found, "alerts": view.alerts_for(machine)})
 
 
 @router.get("/alerts", response_model=AlertPage, tags=["alerts"], summary="Alerts, newest first")
@@ -418,7 +414,7 @@ def list_alerts(
     offset: OffsetParam = 0,
 ) -> Response:
     total, found = view.query_alerts(machine, site, state, severity, acknowledged, limit, offset)
-    return _json({"items": found, "total": total, "limit": limit, "offset": offset})
+    return json_response({"items": found, "total": total, "limit": limit, "offset": offset})
 
 
 @router.get(
@@ -432,7 +428,7 @@ def get_alert(view: ViewDep, alert_id: int) -> Response:
     alert = view.alerts.get(alert_id)
     if alert is None:
         raise NotFound(f"no alert {alert_id}")
-    return _json(alert)
+    return json_response(alert)
 
 
 @router.post(
@@ -445,7 +441,7 @@ def get_alert(view: ViewDep, alert_id: int) -> Response:
 )
 async def acknowledge(view: ViewDep, alert_id: int, body: AckRequest | None = None) -> Response:
     request = body or AckRequest()
-    return _json(await view.acknowledge(alert_id, request.by, request.comment))
+    return json_response(await view.acknowledge(alert_id, request.by, request.comment))
 
 
 @router.get(
@@ -461,7 +457,7 @@ def list_deadletters(
     limit: LimitParam = 100,
 ) -> Response:
     dl = view.deadletters
-    return _json(
+    return json_response(
         {
             "total": dl.total,
             "by_reason": dict(dl.by_reason),
@@ -478,12 +474,12 @@ def list_deadletters(
     summary="Empty the dead-letter list, for every API",
 )
 async def clear_deadletters(view: ViewDep) -> Response:
-    return _json({"cleared": await view.clear_deadletters()})
+    return json_response({"cleared": await view.clear_deadletters()})
 
 
 @router.get("/cluster", tags=["cluster"], summary="Workers, partitions, lag and layout")
 async def get_cluster(view: ViewDep) -> Response:
-    return _json(await view.cluster())
+    return json_response(await view.cluster())
 
 
 @open_router.get("/health", tags=["operations"], summary="ok, or degraded with the reasons")
