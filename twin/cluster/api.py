@@ -50,11 +50,11 @@ from twin.cluster.layout import (
     STREAM_DEADLETTERS,
     STREAM_IN,
     STREAM_STATE,
-    WORKER_TTL_S,
     WORKERS,
     Api,
     ClusterError,
     Mirror,
+    beat_is_recent,
     check,
     connect,
     consumer,
@@ -282,9 +282,10 @@ class ClusterView:
             if found is None:
                 continue
             beat = found[0]
-            ts = beat.get("ts") or 0
-            recent = now - ts < WORKER_TTL_S * 1000  # the bucket expires entries lazily
-            workers.append({"id": name, "last_heartbeat": ts, "live": recent, **_worker(beat)})
+            recent = beat_is_recent(beat, now)
+            workers.append(
+                {"id": name, "last_heartbeat": beat.get("ts") or 0, "live": recent, **_worker(beat)}
+            )
         live = {w["id"] for w in workers if w["live"]}
         partitions, unknown = [], []
         for number in range(self.layout.partitions):

@@ -62,6 +62,12 @@ class ClusterError(TwinError):
     """The cluster cannot be used as asked: no server, a missing or different layout."""
 
 
+def beat_is_recent(beat: dict[str, Any], now_ms: float) -> bool:
+    """A worker is live while its heartbeat is this recent (the bucket expires entries lazily:
+    an expired one can still be listed)."""
+    return bool(now_ms - beat.get("ts", 0) < WORKER_TTL_S * 1000)
+
+
 def consumer(partition: int) -> str:
     return f"part-{partition:03d}"
 

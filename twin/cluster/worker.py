@@ -59,6 +59,7 @@ from twin.cluster.layout import (
     Api,
     ClusterError,
     Mirror,
+    beat_is_recent,
     check,
     connect,
     consumer,
@@ -362,13 +363,13 @@ class Worker:
     # -- partitions ---------------------------------------------------------------------------
 
     def _live(self) -> set[str]:
-        """The workers whose heartbeat is recent (the bucket expires entries lazily)."""
-        now, live = time.time() * 1000, set[str]()
-        for name in list(_open(self._peers).entries):
-            found = _open(self._peers).json(name)
-            if found is not None and now - found[0].get("ts", 0) < WORKER_TTL_S * 1000:
-                live.add(name)
-        return live
+        """The workers whose heartbeat is recent."""
+        peers, now = _open(self._peers), time.time() * 1000
+        return {
+            name
+            for name in list(peers.entries)
+            if (found := peers.json(name)) is not None and beat_is_recent(found[0], now)
+        }
 
     def _lease(self, number: int) -> Lease | None:
         found = _open(self._lease_view).json(lease_key(number))
@@ -561,10 +562,7 @@ class Worker:
     async def _give_back(self, number: int) -> None:
         """Stop pulling, snapshot and ack, free the lease, unpin."""
         part = self.partitions[number]
-        part.active = False
-        if part.task is not None:
-            part.task.cancel()
-            await asyncio.gather(part.task, return_exceptions=True)
+        await self._stop_pulling(part)
         if await self._snapshot(part, None):
             try:
                 await Api(self.nc).unpin(number)
@@ -574,11 +572,15 @@ class Worker:
             self.given += 1
             log.info("gave partition %d back at sequence %d", number, part.upto)
 
-    async def _drop(self, part: Partition) -> None:
+    async def _stop_pulling(self, part: Partition) -> None:
+        """No more pulls for the partition, and what is still queued of it is not applied."""
         part.active = False
         if part.task is not None:
             part.task.cancel()
             await asyncio.gather(part.task, return_exceptions=True)
+
+    async def _drop(self, part: Partition) -> None:
+        await self._stop_pulling(part)
         self.partitions.pop(part.number, None)
         await self._core(self._forget, list(part.machines))
 
