@@ -16,8 +16,10 @@ from twin.alerts.manager import Episodes
 from twin.alerts.manager import Listener as AlertListener
 from twin.config import Settings
 from twin.deadletters import DeadLetters
+from twin.history import HistoryOutbox, HistoryPolicy
 from twin.messages import Decoded, Limits, RawMessage, Rejection, decode
 from twin.model import Registry
+from twin.model.fleet import FEATURE_WINDOW_MS
 from twin.outbound import Outbound, Publish
 from twin.planning import AllocationLedger
 from twin.risk import RiskListener, RiskScorer
@@ -26,6 +28,23 @@ from twin.stream import EventHub
 from twin.topics import Topics
 
 log = logging.getLogger(__name__)
+
+
+def limits_of(settings: Settings) -> Limits:
+    """What the decoder accepts, from the settings."""
+    s = settings
+    return Limits(s.max_payload_bytes, s.max_batch, int(s.max_future_s * 1000))
+
+
+def fleet_state(settings: Settings, outbox: HistoryOutbox) -> FleetState:
+    """The live state as the settings size it; closed history buckets go to `outbox`."""
+    s = settings
+    return FleetState(
+        s.recent_readings,
+        s.stats_window_s,
+        HistoryPolicy(s.history_bucket_s * 1000, FEATURE_WINDOW_MS),
+        outbox,
+    )
 
 
 class Core:

@@ -17,16 +17,13 @@ from twin import sinks
 from twin.alerts import load_rules
 from twin.backup import DataDirLock
 from twin.config import Settings
-from twin.core import Core
+from twin.core import Core, fleet_state, limits_of
 from twin.deadletters import DeadLetters
 from twin.forwarder import Forwarder
-from twin.history import HistoryOutbox, HistoryPolicy, HistoryStore
+from twin.history import HistoryOutbox, HistoryStore
 from twin.ingest import Ingest
 from twin.journal import Journal
-from twin.messages import Limits
-from twin.model.fleet import FEATURE_WINDOW_MS
 from twin.pipeline import Inbox, Pipeline
-from twin.state import FleetState
 from twin.status import ReadingTotals, ScoringStatus, StreamStatus, TwinStatus
 from twin.timeseries import History
 from twin.topics import Topics
@@ -41,17 +38,12 @@ class Twin:
     def __init__(self, settings: Settings) -> None:
         s = self.settings = settings
         self.topics = Topics(s.topic_root)
-        limits = Limits(s.max_payload_bytes, s.max_batch, int(s.max_future_s * 1000))
+        limits = limits_of(s)
         self.lock = DataDirLock(s.data_dir)
 
         # State, and where it is kept.
         outbox = HistoryOutbox()
-        self.state = FleetState(
-            s.recent_readings,
-            s.stats_window_s,
-            HistoryPolicy(s.history_bucket_s * 1000, FEATURE_WINDOW_MS),
-            outbox,
-        )
+        self.state = fleet_state(s, outbox)
         self.journal = Journal(s.journal_path, s.journal_max_rows, s.journal_sync)
         self.history_store = HistoryStore(s.journal_path)
         self.deadletters = DeadLetters(s.deadletter_max)

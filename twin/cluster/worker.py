@@ -70,12 +70,10 @@ from twin.cluster.layout import (
     to_topic,
 )
 from twin.config import Settings
-from twin.core import Core
+from twin.core import Core, fleet_state, limits_of
 from twin.deadletters import DeadLetters
-from twin.history import HistoryOutbox, HistoryPolicy, HistoryStore
-from twin.messages import Limits, RawMessage
-from twin.model.fleet import FEATURE_WINDOW_MS
-from twin.state import FleetState
+from twin.history import HistoryOutbox, HistoryStore
+from twin.messages import RawMessage
 from twin.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -151,24 +149,18 @@ class Worker:
         self.topics = Topics(s.topic_root)
         self.lock = DataDirLock(s.data_dir)
         self.outbox = HistoryOutbox()
-        self.state = FleetState(
-            s.recent_readings,
-            s.stats_window_s,
-            HistoryPolicy(s.history_bucket_s * 1000, FEATURE_WINDOW_MS),
-            self.outbox,
-        )
+        self.state = fleet_state(s, self.outbox)
         self.deadletters = DeadLetters(s.deadletter_max, listener=self._deadletter)
         # Published by the core thread, sent by the loop: subject, payload, headers.
         self._out: list[tuple[str, bytes, dict[str, str] | None]] = []
         self.episodes = KvEpisodes()
         store = s.data_dir / "worker.sqlite3"
-        limits = Limits(s.max_payload_bytes, s.max_batch, int(s.max_future_s * 1000))
         self.core = Core(
             s,
             self.state,
             self.deadletters,
             self.topics,
-            limits,
+            limits_of(s),
             self._publish,
             store,
             episodes=self.episodes,
