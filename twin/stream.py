@@ -107,7 +107,8 @@ class EventHub:
                 if client.buffer:
                     continue
                 try:
-                    await asyncio.wait_for(client.wake.wait(), self.heartbeat_s)
+                    async with asyncio.timeout(self.heartbeat_s):  # cancellable, unlike wait_for
+                        await client.wake.wait()
                 except TimeoutError:
                     yield b": heartbeat\n\n"
         finally:

@@ -79,6 +79,7 @@ from twin.topics import Topics
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Outgoing = tuple[str, bytes, dict[str, str] | None]  # subject, payload, headers
 _BATCH = 1000  # messages one pull asks for
 _PULL_EXPIRES_S = 1.0  # how long the server holds a pull open
 _IDLE_REACT_S = 0.5  # time-based rules and scoring run this often without traffic
@@ -151,8 +152,7 @@ class Worker:
         self.outbox = HistoryOutbox()
         self.state = fleet_state(s, self.outbox)
         self.deadletters = DeadLetters(s.deadletter_max, listener=self._deadletter)
-        # Published by the core thread, sent by the loop: subject, payload, headers.
-        self._out: list[tuple[str, bytes, dict[str, str] | None]] = []
+        self._out: list[Outgoing] = []  # published by the core thread, sent by the loop
         self.episodes = KvEpisodes()
         store = s.data_dir / "worker.sqlite3"
         self.core = Core(
@@ -202,11 +202,18 @@ class Worker:
 
     async def _core(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the core thread, then send what it published."""
-        result = await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-        out, self._out = self._out, []
+        loop = asyncio.get_running_loop()
+        result, out = await loop.run_in_executor(self._thread, self._collect, fn, *args)
         for subject, payload, headers in out:
             await self.nc.publish(subject, payload, headers=headers)
         return result
+
+    def _collect(self, fn: Callable[..., T], *args: Any) -> tuple[T, list[Outgoing]]:
+        """Core thread: run `fn` and take what it published. Taken here, on the only thread
+        that appends to `_out`, so what a later call publishes is never in this call's list."""
+        result = fn(*args)
+        out, self._out = self._out, []
+        return result, out
 
     def _apply(self, batches: list[tuple[Partition, list[Msg]]]) -> int:
         """Apply each partition's deliveries above its sequence, in order, then react once;
@@ -286,10 +293,18 @@ class Worker:
                 asyncio.create_task(self._every(_IDLE_REACT_S, self._idle)),
                 asyncio.create_task(self._applier()),
             ]
-            await self._stopping.wait()
-            for task in tasks:
+            stopping = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in [stopping, *tasks]:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            ended = [t for t in tasks if not t.cancelled() and t.exception() is not None]
+            if ended:
+                # Only the applier can end (the others retry). The state may be half applied,
+                # so no snapshot: once this worker's heartbeat is stale its peers take its
+                # partitions and replay them from the last snapshots.
+                log.error("the core failed", exc_info=ended[0].exception())
+                raise ClusterError(f"worker {self.id} stopped: its core failed")
             async with self._busy:
                 for number in list(self.partitions):
                     await self._give_back(number)
@@ -498,7 +513,10 @@ class Worker:
         outstanding, deadline = _BATCH, time.monotonic() + _PULL_EXPIRES_S + 0.5
         while outstanding > 0 and time.monotonic() < deadline:
             try:
-                await asyncio.wait_for(wake.wait(), deadline - time.monotonic())
+                # Not `wait_for`: on 3.11 it returns instead of raising when cancelled as the
+                # event fires (gh-86296), and giving the partition back waited for it forever.
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    await wake.wait()
             except TimeoutError:
                 break
             wake.clear()
