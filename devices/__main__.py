@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="readings per machine, then exit (default: run until Ctrl-C)",
     )
+    parser.add_argument(
+        "--prefix",
+        type=_segment,
+        default="m",
+        help="machine ids are PREFIX0000, PREFIX0001, ... (m); a machine id names one machine "
+        "across all sites, so give each simulator of the same twin its own",
+    )
     parser.add_argument("--mqtt-url", default=None, help="overrides TWIN_MQTT_URL")
     args = parser.parse_args(argv)
 
@@ -70,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         args.batch,
         args.count,
         settings.mqtt_protocol,
+        args.prefix,
     )
     fleet = Fleet(settings.broker, Topics(settings.topic_root), options)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -25,6 +25,7 @@ class FleetOptions:
     batch: int = 1  # readings per MQTT message
     count: int | None = None  # readings per machine, then stop; None runs until stopped
     protocol: str = "5"
+    prefix: str = "m"  # machine ids are <prefix>0000, <prefix>0001, ...: unique across sites
 
 
 class Fleet:
@@ -32,7 +33,7 @@ class Fleet:
 
     def __init__(self, broker: BrokerAddress, topics: Topics, options: FleetOptions) -> None:
         self.options = options
-        self.machines: list[Machine] = make_fleet(options.machines, options.seed)
+        self.machines: list[Machine] = make_fleet(options.machines, options.seed, options.prefix)
         self.loop = NetworkLoop()
         self.publishers = [
             DevicePublisher(

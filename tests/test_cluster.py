@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,14 @@ import pytest
 from devices.fleet import Fleet, FleetOptions
 from devices.publisher import DevicePublisher, NetworkLoop
 from tests.payloads import BAD_PAYLOADS, BAD_REASONS
-from tests.services import ClusterProcess, NatsServer, free_port, wait_until
+from tests.services import (
+    ClusterProcess,
+    NatsServer,
+    PlantLeaf,
+    TcpLink,
+    free_port,
+    wait_until,
+)
 from twin.alerts import Alert
 from twin.cluster.episodes import KvEpisodes, episode_id, episode_key
 from twin.config import Settings
@@ -46,10 +54,12 @@ class Cluster:
         partitions: int = PARTITIONS,
         urls: str | None = None,  # every node's, for a cluster of them
         replicas: int = 1,
+        plants: str = "",  # TWIN_NATS_PLANTS
     ):
         self.nats = nats
         self.urls = urls or nats.url
         self.replicas = replicas
+        self.plants = plants
         self.tmp = tmp
         self.models = models
         self.partitions = partitions
@@ -63,19 +73,23 @@ class Cluster:
             "TWIN_NATS_PARTITIONS": str(self.partitions),
             "TWIN_NATS_REPLICAS": str(self.replicas),
             "TWIN_CLUSTER_SNAPSHOT_S": "1",
+            "TWIN_NATS_PLANTS": self.plants,
             **extra,
         }
 
     def init(self) -> str:
-        done = subprocess.run(
+        done = self.try_init()
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def try_init(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [sys.executable, "-m", "twin", "cluster", "init"],
             env={**os.environ, **self.env()},
             capture_output=True,
             text=True,
             timeout=60,
         )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
 
     def worker(self, name: str) -> ClusterProcess:
         data = self.tmp / name
@@ -112,6 +126,16 @@ class Cluster:
         url = f"http://127.0.0.1:{self.api_port}{path}"
         with urllib.request.urlopen(url, timeout=10) as response:
             return json.load(response)
+
+    def health(self) -> dict[str, Any]:
+        """/health's body, which a degraded cluster sends with a 503."""
+        try:
+            found: dict[str, Any] = self.get("/health")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503:
+                raise
+            found = json.load(exc)
+        return found
 
     def owners(self) -> dict[int, str | None]:
         return {p["partition"]: p["owner"] for p in self.get("/cluster")["partitions"]}
@@ -151,10 +175,17 @@ def cluster(nats_server: NatsServer, tmp_path: Path, models_dir: Path) -> Iterat
         running.close()
 
 
-def fleet(nats: NatsServer, machines: int, count: int, rate: float, site: str = "s1") -> Fleet:
+def fleet(
+    nats: NatsServer | PlantLeaf,
+    machines: int,
+    count: int,
+    rate: float,
+    site: str = "s1",
+    prefix: str = "m",
+) -> Fleet:
     """The simulator, publishing MQTT 3.1.1 at QoS 1 to nats-server's MQTT listener."""
     broker = Settings(_env_file=None, mqtt_url=nats.mqtt_url).broker  # type: ignore[call-arg]
-    options = FleetOptions(machines, rate, site, 7, 1, count, "3.1.1")
+    options = FleetOptions(machines, rate, site, 7, 1, count, "3.1.1", prefix)
     devices = Fleet(broker, Topics(), options)
     devices.start(connect_timeout=60)
     return devices
@@ -256,13 +287,7 @@ def test_init_is_idempotent_and_a_worker_refuses_another_layout(cluster: Cluster
     assert "stream TWIN_IN is as configured" in again
     assert f"0 created, 0 updated, {PARTITIONS} as configured" in again
     other = Cluster(cluster.nats, cluster.tmp, cluster.models, partitions=PARTITIONS + 1)
-    refused = subprocess.run(
-        [sys.executable, "-m", "twin", "cluster", "init"],
-        env={**os.environ, **other.env()},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    refused = other.try_init()
     assert refused.returncode == 1
     assert "changing the partition count is a migration" in refused.stderr
     worker = other.worker("odd")
@@ -509,3 +534,78 @@ def _init_ok(cluster: Cluster) -> bool:
         return True
     except AssertionError:
         return False
+
+
+def plant_readings(plant: PlantLeaf) -> int:
+    """How many readings the plant's own stream holds."""
+
+    async def count() -> int:
+        nc = await nats_client.connect(plant.url)
+        try:
+            return int((await nc.jetstream().stream_info("TWIN_PLANT")).state.messages)
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
+
+
+def test_a_plant_leaf_keeps_accepting_through_a_cut_link_and_the_centre_converges(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """Devices of plant1 publish to its leaf node, others to the centre; the WAN link (a TCP
+    forwarder) is cut for 30 s under load. The plant keeps taking readings, the centre sees
+    none of them meanwhile, then every reading of both is applied once."""
+    hub = NatsServer(tmp_path / "hub", leaf_port=free_port())
+    hub.start()
+    link = TcpLink(hub.leaf_port or 0)
+    plant = PlantLeaf(tmp_path / "plant1", "plant1", f"nats-leaf://127.0.0.1:{link.port}")
+    plant.start()
+    cluster = Cluster(hub, tmp_path, models_dir, plants="plant1")
+    try:
+        wait_until(lambda: cluster.try_init().returncode == 0, 30, "init to reach plant1")
+        again = cluster.init()
+        assert "stream TWIN_PLANT on plant plant1 is as configured" in again
+        assert "stream TWIN_IN is as configured" in again
+        cluster.share_out("w1", "w2")
+        local, remote = 40, 60  # machines at the centre and at the plant
+        count = 40
+        central = fleet(hub, local, count, rate=1.0, site="s1")
+        devices = fleet(plant, remote, count, rate=1.0, site="s2", prefix="p")
+        wait_until(lambda: plant_readings(plant) > 0, 30, "the plant's first readings")
+        time.sleep(3)
+        link.cut()
+        cut_at = time.monotonic()
+        time.sleep(3)  # what was in flight lands
+        seen_then = sum(
+            m["counters"]["received"] for m in cluster.machines().values() if m["site"] == "s2"
+        )
+        held_then = plant_readings(plant)
+        wait_until(
+            lambda: not cluster.get("/cluster")["plants"][0]["linked"], 30, "plant1 unlinked"
+        )
+        health = cluster.health()
+        assert health["status"] == "degraded"
+        assert any("plant plant1 not reached" in p for p in health["problems"])
+        time.sleep(max(0.0, 30 - (time.monotonic() - cut_at)))
+        assert plant_readings(plant) > held_then + remote * 10  # the plant kept accepting
+        seen_now = sum(
+            m["counters"]["received"] for m in cluster.machines().values() if m["site"] == "s2"
+        )
+        assert seen_now == seen_then  # and none of it reached the centre: the link was cut
+        link.restore()
+        finish(central)
+        finish(devices)
+        wait_until(
+            lambda: all_received(cluster, local + remote, count), 120, "every reading applied"
+        )
+        seen = cluster.machines()
+        assert sum(m["counters"]["received"] for m in seen.values()) == (local + remote) * count
+        assert {m["site"] for m in seen.values()} == {"s1", "s2"}
+        wait_until(lambda: cluster.health()["status"] == "ok", 30, "health ok again")
+        plants = cluster.get("/cluster")["plants"]
+        assert [(p["domain"], p["linked"], p["lag"]) for p in plants] == [("plant1", True, 0)]
+    finally:
+        cluster.close()
+        plant.close()
+        link.close()
+        hub.close()

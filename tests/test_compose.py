@@ -19,7 +19,11 @@ DASHBOARDS = sorted((ROOT / "deploy/grafana/dashboards").glob("*.json"))
 
 
 def test_the_stack_has_its_services_ports_and_volumes() -> None:
-    cluster = {"nats1", "nats2", "nats3", "cluster-init", "worker1", "worker2", "twin-api"}
+    cluster = {"nats1", "nats2", "nats3", "plant1", "cluster-init"} | {
+        "worker1",
+        "worker2",
+        "twin-api",
+    }
     assert set(SERVICES) == {"mosquitto", "influxdb", "grafana", "twin", "simulator", *cluster}
     assert SERVICES["simulator"]["profiles"] == ["sim"]
     assert all(SERVICES[name]["profiles"] == ["cluster"] for name in cluster)
@@ -50,6 +54,19 @@ def test_the_cluster_profile_runs_three_replicated_nodes_two_workers_and_the_api
     assert SERVICES["worker1"]["environment"]["TWIN_WORKER_ID"] == "worker1"
     assert SERVICES["worker2"]["environment"]["TWIN_WORKER_ID"] == "worker2"
     assert SERVICES["twin-api"]["command"][:2] == ["twin", "api"]
+
+
+def test_the_cluster_profile_has_a_plant_leaf_that_the_centre_sources() -> None:
+    plant = SERVICES["plant1"]
+    assert plant["image"] == SERVICES["nats1"]["image"]
+    assert "./deploy/nats/plant.conf:/etc/nats/plant.conf:ro" in plant["volumes"]
+    assert plant["environment"]["PLANT_HUB_URL"].endswith("@nats1:7422")
+    assert "listen: 0.0.0.0:7422" in (ROOT / "deploy/nats/cluster.conf").read_text()
+    assert SERVICES["cluster-init"]["environment"]["TWIN_NATS_PLANTS"] == "plant1"
+    conf = (ROOT / "deploy/nats/plant.conf").read_text()
+    # plant.conf reads every setting it needs from the environment the service sets
+    needed = set(re.findall(r"\$(PLANT_\w+)", conf))
+    assert needed == set(plant["environment"])
 
 
 def test_the_twin_is_wired_to_the_broker_with_credentials_and_to_influxdb2() -> None:

@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True)
     cluster_commands.add_parser(
         "init",
-        help="create or update the streams, partition consumers and buckets (idempotent); "
-        "prints what it did",
+        help="create or update the streams, partition consumers and buckets, and each plant's "
+        "TWIN_PLANT stream (TWIN_NATS_PLANTS) (idempotent); prints what it did",
     )
     commands.add_parser(
         "worker",

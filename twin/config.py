@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     nats_replicas: int = Field(default=1, ge=1, le=5)  # of every stream and bucket: 3 on 3 nodes
     worker_id: str = Field(default_factory=lambda: _host_id(), pattern=r"^[A-Za-z0-9_-]{1,64}$")
     cluster_snapshot_s: float = Field(default=2.0, gt=0, le=60)  # a partition's ack cadence
+    # JetStream domains of the plants' leaf nodes whose TWIN_PLANT streams TWIN_IN sources.
+    nats_plants: str = Field(default="", pattern=r"^([A-Za-z0-9_-]+(,[A-Za-z0-9_-]+)*)?$")
 
     api_tokens: str = ""  # "token" (every role) or "token:role", comma-separated
     api_read_open: bool = True  # GETs without a token; false: they need one with the read role

@@ -45,6 +45,7 @@ from twin.cluster.layout import (
     DEADLETTERS_SUBJECT,
     EPISODES,
     LEASES,
+    PLANT_SILENT_S,
     SNAPSHOTS,
     STREAM_ALERTS,
     STREAM_DEADLETTERS,
@@ -311,6 +312,7 @@ class ClusterView:
                 row["redelivered"] = info["num_redelivered"]
             partitions.append(row)
         streams: dict[str, Any] = {}
+        plants: list[dict[str, Any]] = []
         for name in (STREAM_IN, STREAM_STATE, STREAM_ALERTS, STREAM_DEADLETTERS):
             try:
                 info = await api.get(f"STREAM.INFO.{name}")
@@ -318,6 +320,8 @@ class ClusterView:
                 unknown.append(f"stream {name}: {exc}")
                 streams[name] = None
                 continue
+            if name == STREAM_IN:
+                plants = [_plant(source) for source in info.get("sources") or []]
             streams[name] = {
                 "subjects": info["config"]["subjects"],
                 "messages": info["state"]["messages"],
@@ -327,6 +331,7 @@ class ClusterView:
         return {
             "workers": workers,
             "partitions": partitions,
+            "plants": plants,
             "layout": {
                 "partitions": self.layout.partitions,
                 "replicas": self.layout.replicas,
@@ -346,6 +351,12 @@ class ClusterView:
             listed = ", ".join(map(str, orphans[:10])) + (", ..." if len(orphans) > 10 else "")
             problems.append(f"{len(orphans)} partitions have no owner: {listed}")
         problems += [f"JetStream did not answer for {what}" for what in cluster["unknown"][:5]]
+        problems += [
+            f"plant {p['domain']} not reached for {p['last_seen_ms'] / 1000:.0f} s"
+            f" ({p['lag']} readings waiting there)"
+            for p in cluster["plants"]
+            if not p["linked"]
+        ]
         return {
             "status": "degraded" if problems else "ok",
             "problems": problems,
@@ -354,6 +365,21 @@ class ClusterView:
             "workers": len(cluster["workers"]),
             "lag": sum(p["lag"] or 0 for p in cluster["partitions"]),
         }
+
+
+def _plant(source: dict[str, Any]) -> dict[str, Any]:
+    """A plant as TWIN_IN's sourcing of its stream sees it."""
+    api = (source.get("external") or {}).get("api", "")
+    domain = api.removeprefix("$JS.").removesuffix(".API")
+    active_ns = source.get("active", -1)  # since the last word from the plant; -1: never
+    last_seen_ms = None if active_ns < 0 else round(active_ns / 1e6)
+    return {
+        "domain": domain,
+        "lag": source.get("lag", 0),  # readings in the plant's stream not yet in TWIN_IN
+        "last_seen_ms": last_seen_ms,
+        "linked": last_seen_ms is not None and last_seen_ms < PLANT_SILENT_S * 1000,
+        "error": (source.get("error") or {}).get("description"),
+    }
 
 
 def _worker(beat: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,8 @@ subject contract between MQTT topics and NATS subjects.
       -> stream TWIN_IN, stored as twin.in.{partition(P, site, machine)}.{site}.{machine}.{kind}
       -> durable pull consumer part-NNN per partition, priority group "twin", pinned_client
       -> the worker that holds the partition's lease (KV twin_partitions, compare-and-swap)
+    a plant's devices -> its leaf node's MQTT listener -> stream TWIN_PLANT in the plant's
+      JetStream domain -> sourced by TWIN_IN (TWIN_NATS_PLANTS), partitioned the same way
     workers -> {root}.{site}.{machine}.twin -> stream TWIN_STATE (the last per machine)
             -> {root}.{site}.{machine}.alert -> stream TWIN_ALERTS
             -> twin.deadletters -> stream TWIN_DEADLETTERS (rejections, the newest 100,000)
@@ -38,6 +40,7 @@ STREAM_IN = "TWIN_IN"
 STREAM_STATE = "TWIN_STATE"
 STREAM_ALERTS = "TWIN_ALERTS"
 STREAM_DEADLETTERS = "TWIN_DEADLETTERS"
+STREAM_PLANT = "TWIN_PLANT"  # on each plant's leaf node, in the plant's JetStream domain
 DEADLETTERS_SUBJECT = "twin.deadletters"
 DEADLETTERS_MAX = 100_000  # the stream keeps the newest this many
 WORKERS = "twin_workers"  # KV: worker id -> heartbeat (partitions held), expiring
@@ -55,6 +58,7 @@ MAX_ACK_PENDING = 200_000  # per partition: acknowledged once per snapshot (clus
 DUPLICATE_WINDOW_S = 120.0
 IN_MAX_AGE_S = 7 * 24 * 3600.0  # how long the input stream keeps readings (the replay horizon)
 ALERTS_MAX_AGE_S = 30 * 24 * 3600.0
+PLANT_SILENT_S = 10.0  # a plant whose sourcing has been silent this long is not linked
 _NS = 1_000_000_000
 
 
@@ -96,19 +100,34 @@ class Layout:
     root: str  # TWIN_TOPIC_ROOT
     partitions: int  # TWIN_NATS_PARTITIONS
     replicas: int = 1  # TWIN_NATS_REPLICAS: 3 on a three-node cluster
+    plants: tuple[str, ...] = ()  # TWIN_NATS_PLANTS: the leaf nodes' JetStream domains
+
+    def _inputs(self) -> list[str]:
+        r = self.root
+        return [f"{r}.*.*.telemetry", f"{r}.*.*.status", f"{r}.*.*.event"]
 
     def streams(self) -> dict[str, dict[str, Any]]:
         r = self.root
+        partitioned = {
+            "src": f"{r}.*.*.*",
+            "dest": f"{IN_PREFIX}.{{{{partition({self.partitions},1,2)}}}}"
+            ".{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}",
+        }
         return {
             STREAM_IN: {
                 "name": STREAM_IN,
                 "num_replicas": self.replicas,
-                "subjects": [f"{r}.*.*.telemetry", f"{r}.*.*.status", f"{r}.*.*.event"],
-                "subject_transform": {
-                    "src": f"{r}.*.*.*",
-                    "dest": f"{IN_PREFIX}.{{{{partition({self.partitions},1,2)}}}}"
-                    ".{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}",
-                },
+                "subjects": self._inputs(),
+                "subject_transform": partitioned,
+                # A plant's readings, partitioned as the central devices' are on the way in.
+                "sources": [
+                    {
+                        "name": STREAM_PLANT,
+                        "external": {"api": plant_api(domain), "deliver": ""},
+                        "subject_transforms": [partitioned],
+                    }
+                    for domain in self.plants
+                ],
                 "storage": "file",
                 "retention": "limits",
                 "discard": "old",
@@ -143,6 +162,18 @@ class Layout:
             },
         }
 
+    def plant_stream(self) -> dict[str, Any]:
+        """TWIN_PLANT, on a plant's leaf node: its devices' readings while the link is down."""
+        return {
+            "name": STREAM_PLANT,
+            "subjects": self._inputs(),
+            "storage": "file",
+            "retention": "limits",
+            "discard": "old",
+            "max_age": int(IN_MAX_AGE_S * _NS),
+            "duplicate_window": int(DUPLICATE_WINDOW_S * _NS),
+        }
+
     def consumers(self) -> dict[str, dict[str, Any]]:
         return {
             consumer(p): {
@@ -161,8 +192,14 @@ class Layout:
         }
 
 
+def plant_api(domain: str) -> str:
+    """The JetStream API prefix of a plant's domain, as seen from the central cluster."""
+    return f"$JS.{domain}.API"
+
+
 def layout_of(settings: Settings) -> Layout:
-    return Layout(settings.topic_root, settings.nats_partitions, settings.nats_replicas)
+    plants = tuple(p for p in settings.nats_plants.split(",") if p)
+    return Layout(settings.topic_root, settings.nats_partitions, settings.nats_replicas, plants)
 
 
 async def connect(settings: Settings, name: str) -> NATS:
@@ -228,7 +265,8 @@ class Mirror:
     async def start(self) -> None:
         self._watcher = await self.kv.watchall()
         self._task = asyncio.create_task(self._follow(self._watcher))
-        await asyncio.wait_for(self._ready.wait(), 30)
+        async with asyncio.timeout(30):
+            await self._ready.wait()
 
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
         async for entry in watcher:
@@ -256,18 +294,23 @@ class Mirror:
 class Api:
     """JetStream's JSON API, for what nats-py has no call for (priority groups, pins)."""
 
-    def __init__(self, nc: NATS, timeout_s: float = 5.0) -> None:
+    def __init__(self, nc: NATS, timeout_s: float = 5.0, prefix: str = "$JS.API") -> None:
         self.nc = nc
         self.timeout_s = timeout_s
+        self.prefix = prefix  # another domain's, for a plant's leaf node
 
     async def call(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         payload = b"" if body is None else json.dumps(body).encode()
         try:
-            reply = await self.nc.request(f"$JS.API.{subject}", payload, timeout=self.timeout_s)
+            reply = await self.nc.request(
+                f"{self.prefix}.{subject}", payload, timeout=self.timeout_s
+            )
         except NoRespondersError as exc:
-            raise ClusterError("the NATS server has no JetStream (start it with -js)") from exc
+            if self.prefix == "$JS.API":
+                raise ClusterError("the NATS server has no JetStream (start it with -js)") from exc
+            raise ClusterError(f"no JetStream answers {self.prefix}: not linked") from exc
         except TimeoutError as exc:
-            raise ClusterError(f"JetStream did not answer {subject} in time") from exc
+            raise ClusterError(f"JetStream did not answer {self.prefix}.{subject} in time") from exc
         data: dict[str, Any] = json.loads(reply.data)
         return data
 
@@ -283,9 +326,25 @@ class Api:
         await self.get(f"CONSUMER.UNPIN.{STREAM_IN}.{consumer(partition)}", {"group": GROUP})
 
 
-def _differs(want: dict[str, Any], have: dict[str, Any]) -> list[str]:
-    """The settings of `want` that `have` does not match (the server adds its own fields)."""
-    return sorted(k for k, v in want.items() if k != "metadata" and have.get(k) != v)
+def _differs(want: dict[str, Any], have: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """The settings of `want` that `have` does not match (the server adds its own fields, and
+    leaves out an empty list)."""
+    skip = {"metadata", *ignore}
+    return sorted(
+        k for k, v in want.items() if k not in skip and (have.get(k) or None) != (v or None)
+    )
+
+
+async def _ensure_stream(api: Api, config: dict[str, Any], where: str = "") -> str:
+    name = config["name"]
+    info = await api.call(f"STREAM.INFO.{name}")
+    if "error" in info:
+        await api.get(f"STREAM.CREATE.{name}", config)
+        return f"created stream {name}{where}"
+    if differs := _differs(config, info["config"]):
+        await api.get(f"STREAM.UPDATE.{name}", {**info["config"], **config})
+        return f"updated stream {name}{where}: {', '.join(differs)}"
+    return f"stream {name}{where} is as configured"
 
 
 async def init(nc: NATS, layout: Layout) -> list[str]:
@@ -300,16 +359,17 @@ async def init(nc: NATS, layout: Layout) -> list[str]:
                 "changing the partition count is a migration (README, Scaling out); "
                 "set TWIN_NATS_PARTITIONS back"
             )
-    for name, config in layout.streams().items():
-        info = await api.call(f"STREAM.INFO.{name}")
-        if "error" in info:
-            await api.get(f"STREAM.CREATE.{name}", config)
-            done.append(f"created stream {name}")
-        elif _differs(config, info["config"]):
-            await api.get(f"STREAM.UPDATE.{name}", {**info["config"], **config})
-            done.append(f"updated stream {name}: {', '.join(_differs(config, info['config']))}")
-        else:
-            done.append(f"stream {name} is as configured")
+    for domain in layout.plants:  # first: TWIN_IN sources these
+        plant = Api(nc, prefix=plant_api(domain))
+        try:
+            done.append(await _ensure_stream(plant, layout.plant_stream(), f" on plant {domain}"))
+        except ClusterError as exc:
+            raise ClusterError(
+                f"plant {domain}: {exc}; start its leaf node (deploy/nats/plant.conf, "
+                f"PLANT_DOMAIN={domain}), wait for its link, and run init again"
+            ) from exc
+    for config in layout.streams().values():
+        done.append(await _ensure_stream(api, config))
     created = updated = 0
     for name, config in layout.consumers().items():
         info = await api.call(f"CONSUMER.INFO.{STREAM_IN}.{name}")
@@ -362,7 +422,8 @@ async def check(nc: NATS, layout: Layout) -> None:
                 f"{STREAM_IN} has {have} partitions, TWIN_NATS_PARTITIONS says "
                 f"{layout.partitions}: set it to {have}"
             )
-        if differs := _differs(want, info["config"]):
+        # Where TWIN_IN's messages come from (its plants) is init's business, not a worker's.
+        if differs := _differs(want, info["config"], ignore=("sources",)):
             raise ClusterError(f"stream {name} differs ({', '.join(differs)}): {fix}")
     for name, want in layout.consumers().items():
         info = await api.call(f"CONSUMER.INFO.{STREAM_IN}.{name}")
