@@ -19,11 +19,8 @@ DASHBOARDS = sorted((ROOT / "deploy/grafana/dashboards").glob("*.json"))
 
 
 def test_the_stack_has_its_services_ports_and_volumes() -> None:
-    cluster = {"nats1", "nats2", "nats3", "plant1", "cluster-init"} | {
-        "worker1",
-        "worker2",
-        "twin-api",
-    }
+    cluster = {"nats1", "nats2", "nats3", "plant1", "cluster-init", "forwarder"}
+    cluster |= {"worker1", "worker2", "twin-api"}
     assert set(SERVICES) == {"mosquitto", "influxdb", "grafana", "twin", "simulator", *cluster}
     assert SERVICES["simulator"]["profiles"] == ["sim"]
     assert all(SERVICES[name]["profiles"] == ["cluster"] for name in cluster)
@@ -54,6 +51,10 @@ def test_the_cluster_profile_runs_three_replicated_nodes_two_workers_and_the_api
     assert SERVICES["worker1"]["environment"]["TWIN_WORKER_ID"] == "worker1"
     assert SERVICES["worker2"]["environment"]["TWIN_WORKER_ID"] == "worker2"
     assert SERVICES["twin-api"]["command"][:2] == ["twin", "api"]
+    forwarder = SERVICES["forwarder"]
+    assert forwarder["command"] == ["twin", "forward"]
+    influx = SERVICES["twin"]["environment"]["TWIN_INFLUX_URL"]
+    assert forwarder["environment"]["TWIN_INFLUX_URL"] == influx
 
 
 def test_the_cluster_profile_has_a_plant_leaf_that_the_centre_sources() -> None:

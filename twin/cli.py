@@ -1,5 +1,5 @@
 """The `twin` command: `serve`, `demo`, `train`, `backup`, `restore`; and in cluster mode
-`cluster init`, `worker`, `api`."""
+`cluster init`, `worker`, `forward`, `api`."""
 
 from __future__ import annotations
 
@@ -175,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run a cluster worker: takes its share of the partitions (TWIN_WORKER_ID, "
         "default the host name)",
     )
+    commands.add_parser(
+        "forward",
+        help="write the cluster's readings, risk scores and alert changes to InfluxDB "
+        "(TWIN_INFLUX_*), each point once; run one per cluster",
+    )
     api = commands.add_parser(
         "api", help="run a stateless fleet API over the cluster's streams (any number of them)"
     )
@@ -211,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             from twin.cluster.worker import run
 
             run(settings)
+        elif args.command == "forward":
+            from twin.cluster.forward import run as run_forward
+
+            run_forward(settings)
         elif args.command == "api":
             from twin.cluster.api import run as run_api
 

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 from twin import database
 from twin.alerts import Alert
 from twin.journal import read_after
-from twin.messages import Limits, decode
+from twin.messages import Limits, RawMessage, decode
 from twin.sinks import Sink, SinkError
-from twin.sinks.lineprotocol import alert_line, pipeline_line, risk_line, telemetry_lines
+from twin.sinks.lineprotocol import alert_point, pipeline_line, risk_line, telemetry_lines
 from twin.status import SinkStatus
 from twin.topics import Topics
 
@@ -38,6 +38,54 @@ log = logging.getLogger(__name__)
 _MAX_BACKOFF_S = 30.0
 
 _PIPELINE_EVERY_S = 10.0  # how often the twin's own health goes to the sink
+
+
+class Delivery:
+    """Writes batches of lines to one sink, retrying a failed write with exponential backoff and
+    jitter until it lands or `stop` is set. Shared by the journal's forwarder and cluster mode's
+    (`twin forward`)."""
+
+    def __init__(self, sink: Sink, stop: threading.Event, retry_base_s: float = 0.25) -> None:
+        self.sink = sink
+        self.stop = stop
+        self.retry_base_s = retry_base_s  # the first retry waits about twice this, then doubles
+        self.written = 0
+        self.retries = 0
+        self.last_error: str | None = None
+
+    def deliver(self, lines: list[str]) -> bool:
+        """Write until it lands (True) or stopping (False)."""
+        if not lines:
+            return True
+        attempt = 0
+        while True:
+            try:
+                self.sink.write(lines)
+            except SinkError as exc:
+                attempt += 1
+                self.retries += 1
+                if self.last_error is None:
+                    log.warning("sink %s failing, retrying with backoff: %s", self.sink.name, exc)
+                self.last_error = str(exc)
+                delay = min(_MAX_BACKOFF_S, self.retry_base_s * 2**attempt) * (
+                    0.5 + random.random()
+                )
+                if self.stop.wait(delay):
+                    return False
+                continue
+            if self.last_error is not None:
+                log.info("sink %s recovered after %d retries", self.sink.name, attempt)
+                self.last_error = None
+            self.written += len(lines)
+            return True
+
+
+def telemetry_of(topics: Topics, limits: Limits, raw: RawMessage) -> list[str]:
+    """The `telemetry` points of a received message (none for what is not telemetry)."""
+    decoded = decode(topics, raw.topic, raw.payload, raw.received_ms, limits)
+    if not decoded.readings or decoded.address is None:
+        return []
+    return telemetry_lines(decoded.address.site, decoded.address.machine, decoded.readings)
 
 
 class Forwarder:
@@ -66,17 +114,14 @@ class Forwarder:
         self.limits = limits
         self.batch = batch
         self.max_delay_s = max_delay_s
-        self.retry_base_s = retry_base_s  # the first retry waits about twice this, then doubles
         # Not journalled, so not durable: fresh risk scores and alert changes wait here.
         self._risks: deque[tuple[str, str, Risk]] = deque(maxlen=100_000)
         self._alerts: deque[str] = deque(maxlen=100_000)
         self.cursor = 0
-        self.written = 0
-        self.retries = 0
         self.dropped = 0
-        self.last_error: str | None = None
         self._db: sqlite3.Connection | None = None
         self._stop = threading.Event()
+        self.delivery = Delivery(sink, self._stop, retry_base_s)
         self._thread: threading.Thread | None = None
         self._writer = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"sink-{self.name}-write"
@@ -119,29 +164,24 @@ class Forwarder:
 
     def alert(self, alert: Alert) -> None:
         """An alert change, as a point of the `alert` measurement."""
-        self._alerts.append(
-            alert_line(
-                alert.site,
-                alert.machine,
-                alert.rule,
-                alert.severity,
-                alert.id,
-                alert.state,
-                alert.acknowledged,
-                alert.message,
-                alert.updated_at,
-            )
-        )
+        self._alerts.append(alert_point(alert))
+
+    @property
+    def last_error(self) -> str | None:
+        return self.delivery.last_error
+
+    @property
+    def retries(self) -> int:
+        return self.delivery.retries
+
+    @property
+    def written(self) -> int:
+        return self.delivery.written
 
     def status(self) -> SinkStatus:
+        d = self.delivery
         return SinkStatus(
-            self.name,
-            self.cursor,
-            self.lag,
-            self.written,
-            self.retries,
-            self.dropped,
-            self.last_error,
+            self.name, self.cursor, self.lag, d.written, d.retries, self.dropped, d.last_error
         )
 
     def _run(self) -> None:
@@ -150,7 +190,7 @@ class Forwarder:
                 self._step()
             except Exception as exc:  # keep forwarding: a bug here must not silently end history
                 log.exception("sink %s: unexpected error; retrying", self.name)
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.delivery.last_error = f"{type(exc).__name__}: {exc}"
                 self._stop.wait(_MAX_BACKOFF_S)
 
     def _step(self) -> None:
@@ -160,7 +200,7 @@ class Forwarder:
         landed = self._settle()
         if not landed:
             return  # stopping while the sink was down: the cursor stays, nothing is lost
-        self._inflight = (self._writer.submit(self._deliver, lines), upto)
+        self._inflight = (self._writer.submit(self.delivery.deliver, lines), upto)
         if len(lines) < self.batch:
             self._settle()
             self._stop.wait(self.max_delay_s)  # a partial batch: let more arrive
@@ -188,10 +228,7 @@ class Forwarder:
         lines: list[str] = []
         upto = self._read_at
         for row_id, raw in rows:
-            decoded = decode(self.topics, raw.topic, raw.payload, raw.received_ms, self.limits)
-            if decoded.readings and decoded.address is not None:
-                address = decoded.address
-                lines += telemetry_lines(address.site, address.machine, decoded.readings)
+            lines += telemetry_of(self.topics, self.limits, raw)
             upto = row_id
             if len(lines) >= self.batch:
                 break
@@ -216,32 +253,6 @@ class Forwarder:
             lines.append(pipeline_line(self.name, received, duplicates, rejected, self.lag, now))
         self._read_at = upto
         return lines, upto
-
-    def _deliver(self, lines: list[str]) -> bool:
-        """Write until it lands (True) or the forwarder stops (False)."""
-        if not lines:
-            return True
-        attempt = 0
-        while True:
-            try:
-                self.sink.write(lines)
-            except SinkError as exc:
-                attempt += 1
-                self.retries += 1
-                if self.last_error is None:
-                    log.warning("sink %s failing, retrying with backoff: %s", self.name, exc)
-                self.last_error = str(exc)
-                delay = min(_MAX_BACKOFF_S, self.retry_base_s * 2**attempt) * (
-                    0.5 + random.random()
-                )
-                if self._stop.wait(delay):
-                    return False
-                continue
-            if self.last_error is not None:
-                log.info("sink %s recovered after %d retries", self.name, attempt)
-                self.last_error = None
-            self.written += len(lines)
-            return True
 
     def _advance(self, upto: int) -> None:
         assert self._db is not None

@@ -44,12 +44,14 @@ from twin.cluster.episodes import episode_key
 from twin.cluster.layout import (
     DEADLETTERS_SUBJECT,
     EPISODES,
+    FORWARD_PREFIX,
     LEASES,
     PLANT_SILENT_S,
     SNAPSHOTS,
     STREAM_ALERTS,
     STREAM_DEADLETTERS,
     STREAM_IN,
+    STREAM_RISK,
     STREAM_STATE,
     WORKERS,
     Api,
@@ -332,6 +334,7 @@ class ClusterView:
             "workers": workers,
             "partitions": partitions,
             "plants": plants,
+            "forwarders": await self._forwarders(api, unknown),
             "layout": {
                 "partitions": self.layout.partitions,
                 "replicas": self.layout.replicas,
@@ -340,6 +343,26 @@ class ClusterView:
             },
             "unknown": unknown,  # what JetStream did not answer this time
         }
+
+    async def _forwarders(self, api: Api, unknown: list[str]) -> list[dict[str, Any]]:
+        """`twin forward`'s consumers: what each sink has yet to write."""
+        rows = []
+        for stream in (STREAM_IN, STREAM_RISK, STREAM_ALERTS):
+            try:
+                names = (await api.get(f"CONSUMER.NAMES.{stream}")).get("consumers") or []
+                for name in sorted(n for n in names if n.startswith(FORWARD_PREFIX)):
+                    info = await api.get(f"CONSUMER.INFO.{stream}.{name}")
+                    rows.append(
+                        {
+                            "consumer": name,
+                            "stream": stream,
+                            "pending": info["num_pending"],
+                            "unacknowledged": info["num_ack_pending"],
+                        }
+                    )
+            except ClusterError as exc:
+                unknown.append(f"forwarders of {stream}: {exc}")
+        return rows
 
     async def health(self) -> dict[str, Any]:
         problems = []

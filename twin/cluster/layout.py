@@ -10,6 +10,7 @@ subject contract between MQTT topics and NATS subjects.
     workers -> {root}.{site}.{machine}.twin -> stream TWIN_STATE (the last per machine)
             -> {root}.{site}.{machine}.alert -> stream TWIN_ALERTS
             -> twin.deadletters -> stream TWIN_DEADLETTERS (rejections, the newest 100,000)
+            -> twin.risk -> stream TWIN_RISK (fresh scores, batched; `twin forward` reads it)
     heartbeats: KV twin_workers (entries expire); snapshots: object store twin_snapshots
     open alerts: KV twin_alerts (opening one is a create: no two workers raise the same)
 
@@ -27,12 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError, NoServersError, TimeoutError
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 from nats.js.kv import KeyValue
 
 from twin.config import Settings
 from twin.errors import TwinError
+from twin.messages import RawMessage
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ STREAM_STATE = "TWIN_STATE"
 STREAM_ALERTS = "TWIN_ALERTS"
 STREAM_DEADLETTERS = "TWIN_DEADLETTERS"
 STREAM_PLANT = "TWIN_PLANT"  # on each plant's leaf node, in the plant's JetStream domain
+STREAM_RISK = "TWIN_RISK"
+RISK_SUBJECT = "twin.risk"  # fresh risk scores, for `twin forward`
 DEADLETTERS_SUBJECT = "twin.deadletters"
 DEADLETTERS_MAX = 100_000  # the stream keeps the newest this many
 WORKERS = "twin_workers"  # KV: worker id -> heartbeat (partitions held), expiring
@@ -48,6 +53,7 @@ LEASES = "twin_partitions"  # KV: p.NNN -> lease (owner, covered stream sequence
 EPISODES = "twin_alerts"  # KV: site.machine.rule -> its open alert
 SNAPSHOTS = "twin_snapshots"  # object store: a partition's state, named by its lease
 GROUP = "twin"  # the priority group of every partition consumer
+FORWARD_PREFIX = "forward-"  # `twin forward`'s consumers: forward-<sink>-<in|risk|alerts>
 IN_PREFIX = "twin.in"
 
 HEARTBEAT_S = 1.0  # a worker's heartbeat period
@@ -93,6 +99,23 @@ def to_topic(root: str, tokens: list[str]) -> str:
     """The MQTT topic of a stored input subject's site, machine and kind tokens."""
     topic = "/".join([root, *tokens])
     return topic.replace("//", ".") if "//" in topic else topic  # a "." came as "//"
+
+
+def delivery_of(reply: str) -> tuple[int, int, int]:
+    """Stream sequence, consumer sequence and store time (ms) of a delivery, from its ack
+    subject."""
+    tokens = reply.split(".")
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending> (9 tokens), or the
+    # 2.10 form with <domain>.<account hash> after ACK (and a random token at the end).
+    sseq, cseq, ns = tokens[5:8] if len(tokens) == 9 else tokens[7:10]
+    return int(sseq), int(cseq), int(ns) // 1_000_000
+
+
+def input_message(root: str, msg: Msg) -> RawMessage:
+    """A delivery from TWIN_IN as the core takes it: its MQTT topic, payload, store time, and
+    its stream sequence as its origin."""
+    seq, _, stored_ms = delivery_of(msg.reply)
+    return RawMessage(to_topic(root, msg.subject.split(".")[3:]), msg.data, stored_ms, str(seq))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +173,13 @@ class Layout:
                 "storage": "file",
                 "max_age": int(ALERTS_MAX_AGE_S * _NS),
                 "duplicate_window": int(DUPLICATE_WINDOW_S * _NS),
+            },
+            STREAM_RISK: {
+                "name": STREAM_RISK,
+                "num_replicas": self.replicas,
+                "subjects": [RISK_SUBJECT],
+                "storage": "file",
+                "max_age": int(IN_MAX_AGE_S * _NS),
             },
             STREAM_DEADLETTERS: {
                 "name": STREAM_DEADLETTERS,

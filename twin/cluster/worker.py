@@ -14,7 +14,9 @@ another compare-and-swap, so a stalled former owner's write fails and it drops t
    after the sequence it covers, then pulls the partition's consumer in batches;
 3. applies each batch through `Core.apply` and reacts through `Core.react` on one thread (the
    state's only writer), skipping deliveries at or below the sequence it has applied (they are
-   redeliveries of what a former owner was sent, or of what the replay read);
+   redeliveries of what a former owner was sent, or of what the replay read); where the
+   consumer sequence shows deliveries that went elsewhere (a former owner still pulling while
+   its lease was taken over), it reads those from the stream first;
 4. every `cluster_snapshot_s`, for each partition that moved: snapshot, lease update (CAS),
    then one ack-all for everything the snapshot covers. The stream is the journal.
 
@@ -52,6 +54,7 @@ from twin.cluster.layout import (
     GROUP,
     HEARTBEAT_S,
     LEASES,
+    RISK_SUBJECT,
     SNAPSHOTS,
     STREAM_IN,
     WORKER_TTL_S,
@@ -63,17 +66,19 @@ from twin.cluster.layout import (
     check,
     connect,
     consumer,
+    delivery_of,
+    input_message,
     layout_of,
     lease_key,
     partition_filter,
     to_nats,
-    to_topic,
 )
 from twin.config import Settings
 from twin.core import Core, fleet_state, limits_of
 from twin.deadletters import DeadLetters
 from twin.history import HistoryOutbox, HistoryStore
 from twin.messages import RawMessage
+from twin.risk import Risk
 from twin.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -83,6 +88,7 @@ Outgoing = tuple[str, bytes, dict[str, str] | None]  # subject, payload, headers
 _BATCH = 1000  # messages one pull asks for
 _PULL_EXPIRES_S = 1.0  # how long the server holds a pull open
 _IDLE_REACT_S = 0.5  # time-based rules and scoring run this often without traffic
+_RISKS_PER_MESSAGE = 1000
 
 
 @dataclass
@@ -109,6 +115,7 @@ class Partition:
     upto: int  # highest stream sequence applied
     machines: set[str] = field(default_factory=set)
     pin: str | None = None
+    delivered: int | None = None  # the consumer sequence of the last delivery to this worker
     last_reply: str | None = None  # the ack subject of the newest delivery applied
     applied: int = 0  # messages applied since taken
     skipped: int = 0  # deliveries at or below `upto`: redeliveries
@@ -123,15 +130,6 @@ class Partition:
 def _rank(worker: str, partition: int) -> bytes:
     """Rendezvous hashing: each worker ranks the partitions in its own order."""
     return hashlib.blake2b(f"{worker}/{partition}".encode(), digest_size=8).digest()
-
-
-def _sequence_and_ms(reply: str) -> tuple[int, int]:
-    """Stream sequence and store time (ms) of a delivery, from its ack subject."""
-    tokens = reply.split(".")
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending> (9 tokens), or the
-    # 2.10 form with <domain>.<account hash> after ACK (and a random token at the end).
-    seq, ns = (tokens[5], tokens[7]) if len(tokens) == 9 else (tokens[7], tokens[9])
-    return int(seq), int(ns) // 1_000_000
 
 
 def _open(handle: T | None) -> T:
@@ -163,6 +161,7 @@ class Worker:
             limits_of(s),
             self._publish,
             store,
+            risk_listeners=[self._risks],
             episodes=self.episodes,
         )
         self.history = HistoryStore(store)
@@ -192,6 +191,15 @@ class Worker:
         if topic.endswith("/alert"):  # the stream drops a change it has had already
             headers = {"Nats-Msg-Id": message_id(msgspec.json.decode(payload, type=Alert))}
         self._out.append((to_nats(topic), payload, headers))
+
+    def _risks(self, fresh: list[tuple[str, str, Risk]]) -> None:
+        """Fresh scores, for `twin forward` (its `risk` points): a message per 1,000."""
+        for start in range(0, len(fresh), _RISKS_PER_MESSAGE):
+            rows = [
+                (site, machine, r.model_version, r.probability, r.threshold, r.updated_at)
+                for site, machine, r in fresh[start : start + _RISKS_PER_MESSAGE]
+            ]
+            self._out.append((RISK_SUBJECT, msgspec.json.encode(rows), None))
 
     def _deadletter(self, raw: RawMessage, entry: dict[str, Any]) -> None:
         # The next owner of a partition replaying the message rejects it again, under the same
@@ -225,7 +233,8 @@ class Worker:
                 continue  # given back meanwhile: the next owner gets these again
             before = len(raws)
             for msg in msgs:
-                seq, stored_ms = _sequence_and_ms(msg.reply)
+                raw = input_message(root, msg)
+                seq = int(raw.origin)
                 part.last_reply = msg.reply
                 if seq <= part.upto:
                     part.skipped += 1
@@ -234,7 +243,7 @@ class Worker:
                 tokens = msg.subject.split(".")[3:]
                 if len(tokens) == 3:
                     part.machines.add(tokens[1].replace("//", "."))
-                raws.append(RawMessage(to_topic(root, tokens), msg.data, stored_ms, str(seq)))
+                raws.append(raw)
             part.applied += len(raws) - before
         self.core.react(self.core.apply(raws))
         if self.outbox.pending:
@@ -448,8 +457,9 @@ class Worker:
             time.monotonic() - started,
         )
 
-    async def _replay(self, part: Partition) -> int:
-        """Apply what the stream holds for the partition after the snapshot."""
+    async def _replay(self, part: Partition, before: int | None = None) -> int:
+        """Apply what the stream holds for the partition after what it has applied (and before
+        the stream sequence `before`)."""
         js = self.nc.jetstream()
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -465,8 +475,12 @@ class Worker:
             pending = (await sub.consumer_info()).num_pending
             while pending:
                 msgs = await sub.fetch(min(pending, _BATCH), timeout=5)
-                replayed += await self._core(self._apply, [(part, msgs)])
                 pending = msgs[-1].metadata.num_pending
+                if before is not None:
+                    kept = [m for m in msgs if m.metadata.sequence.stream < before]
+                    pending = pending if len(kept) == len(msgs) else 0
+                    msgs = kept
+                replayed += await self._core(self._apply, [(part, msgs)])
         finally:
             await sub.unsubscribe()
         return replayed
@@ -533,10 +547,42 @@ class Worker:
                 part.pin = headers.get("Nats-Pin-Id", part.pin)
                 data.append(msg)
             outstanding -= len(data)
-            if data:
-                part.drained.clear()
-                self._arrived.append((part, data))
-                self._ready.set()
+            await self._queue(part, data)
+
+    async def _queue(self, part: Partition, data: list[Msg]) -> None:
+        """Queue deliveries for the applier, after catching up on what went to someone else.
+
+        A hole in the consumer sequence (or a first delivery since taking the partition) means
+        the server delivered messages that did not reach this worker: to a former owner still
+        pulling while its lease was taken over, or to a pull request lost with a server node
+        that stopped. Those would come back here only as redeliveries below what this worker
+        has applied, and be skipped; so what the stream holds between is read and applied
+        first."""
+        start = 0
+        for i, msg in enumerate(data):
+            sseq, cseq, _ = delivery_of(msg.reply)
+            if part.delivered is not None and cseq == part.delivered + 1:
+                part.delivered = cseq
+                continue
+            part.delivered = cseq
+            if i > start:
+                self._enqueue(part, data[start:i])
+            start = i
+            await part.drained.wait()
+            caught_up = await self._replay(part, before=sseq)
+            if caught_up:
+                log.info(
+                    "partition %d: read %d messages delivered elsewhere from the stream",
+                    part.number,
+                    caught_up,
+                )
+        if start < len(data):
+            self._enqueue(part, data[start:])
+
+    def _enqueue(self, part: Partition, data: list[Msg]) -> None:
+        part.drained.clear()
+        self._arrived.append((part, data))
+        self._ready.set()
 
     async def _snapshot_all(self) -> None:
         async with self._busy:

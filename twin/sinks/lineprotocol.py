@@ -13,6 +13,7 @@ sink's hot path.
 
 from __future__ import annotations
 
+from twin.alerts import Alert
 from twin.messages import Reading
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\="})
@@ -61,6 +62,21 @@ def alert_line(
         f"alert,machine={tag(machine)},rule={tag(rule)},severity={tag(severity)},site={tag(site)} "
         f"id={alert_id}i,state={_string(state)},acknowledged={'true' if acknowledged else 'false'},"
         f"message={_string(message)} {ts}"
+    )
+
+
+def alert_point(alert: Alert) -> str:
+    """An alert change as an `alert` point, at the time of the change."""
+    return alert_line(
+        alert.site,
+        alert.machine,
+        alert.rule,
+        alert.severity,
+        alert.id,
+        alert.state,
+        alert.acknowledged,
+        alert.message,
+        alert.updated_at,
     )
 
 
