@@ -37,6 +37,9 @@ from tests.services import (
 from twin.alerts import Alert
 from twin.cluster.episodes import KvEpisodes, episode_id, episode_key
 from twin.config import Settings
+from twin.model.predictor import Predictor
+from twin.model.registry import DEFAULT_SCOPE, manifest_for
+from twin.model.training import BUNDLED_CSV, fit, read_ai4i_csv
 from twin.topics import Topics
 
 pytestmark = pytest.mark.integration
@@ -92,9 +95,10 @@ class Cluster:
             timeout=60,
         )
 
-    def worker(self, name: str) -> ClusterProcess:
+    def worker(self, name: str, models: bool = True) -> ClusterProcess:
+        """Start a worker; with `models`, its data dir has a default model already."""
         data = self.tmp / name
-        if not (data / "models").exists():
+        if models and not (data / "models").exists():
             shutil.copytree(self.models, data / "models")
         env = self.env(TWIN_WORKER_ID=name, TWIN_DATA_DIR=str(data))
         worker = self.workers[name] = ClusterProcess(["worker"], env, self.tmp / f"{name}.log")
@@ -610,6 +614,25 @@ def test_a_plant_leaf_keeps_accepting_through_a_cut_link_and_the_centre_converge
         hub.close()
 
 
+def stream_events(cluster: Cluster, kinds: set[str], timeout: float) -> dict[str, Any]:
+    """The first event of each of `kinds` on the API's `/stream`."""
+    found: dict[str, Any] = {}
+    url = f"http://127.0.0.1:{cluster.api_port}/stream"
+    deadline = time.monotonic() + timeout
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        kind = None
+        for raw in response:
+            line = raw.decode().strip()
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: ") and kind in kinds:
+                found.setdefault(kind, json.loads(line.removeprefix("data: ")))
+            if set(found) == kinds or time.monotonic() > deadline:
+                break
+    assert set(found) == kinds, f"only {sorted(found)} on /stream after {timeout} s"
+    return found
+
+
 def influx_count(influxdb: InfluxDB1, query: str) -> int:
     series = influxdb.query(query, db="twin")["results"][0].get("series")
     return int(series[0]["values"][0][1]) if series else 0
@@ -631,6 +654,9 @@ def test_one_forwarder_writes_every_point_once_through_an_influxdb_outage_and_a_
 
     forward = forwarder()
     devices = fleet(cluster.nats, machines, count, rate=4.0)
+    events = stream_events(cluster, {"twin", "alert"}, 60)  # /stream, as twin serve's
+    assert events["twin"]["site"] == "s1"
+    assert events["alert"]["machine"].startswith("m")
     telemetry = "SELECT count(torque_nm) FROM telemetry"
     wait_until(lambda: influx_count(influxdb, telemetry) > 200, 60, "the first points")
     influxdb.stop()
@@ -663,3 +689,52 @@ def test_one_forwarder_writes_every_point_once_through_an_influxdb_outage_and_a_
     assert forward.terminate() == 0
     assert "wrote" in forward.log.read_text().splitlines()[-1]
     assert cluster.get("/health")["status"] == "ok"
+
+
+def test_a_pushed_model_scores_every_partition_and_a_new_worker_starts_with_it(
+    cluster: Cluster,
+) -> None:
+    """The workers share the cluster's default model; `twin cluster model push` of another one
+    reaches every worker and every machine's score, and a worker started later fetches it."""
+    machines = 40
+    cluster.worker("w2", models=False)  # would fit a default of its own, but takes w1's
+    cluster.share_out("w1")
+    wait_until(lambda: cluster.settled({"w1", "w2"}), 90, "two workers to share out")
+    first = cluster.get("/model")["active"][DEFAULT_SCOPE]["version"]
+
+    def scoring_with(version: str) -> bool:
+        workers = cluster.get("/cluster")["workers"]
+        return all(w["models"].get(DEFAULT_SCOPE) == version for w in workers)
+
+    # One default for the cluster, not one each: w2, had it fitted its own, switches.
+    wait_until(lambda: scoring_with(first), 30, "both workers to score with the first default")
+
+    data = read_ai4i_csv(BUNDLED_CSV)
+    fitted = fit(data, full_report=False)
+    trained = Predictor(fitted.pipeline, manifest_for(fitted, data, DEFAULT_SCOPE))
+    trained.save(cluster.tmp / "trained")
+    pushed = subprocess.run(
+        [sys.executable, "-m", "twin", "cluster", "model", "push", str(cluster.tmp / "trained")],
+        env={**os.environ, **cluster.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    assert f"model {trained.version} is now active for default" in pushed.stdout
+
+    wait_until(lambda: scoring_with(trained.version), 30, "every worker to use the pushed one")
+    assert cluster.get("/model")["active"][DEFAULT_SCOPE]["version"] == trained.version
+    devices = fleet(cluster.nats, machines, 10, rate=5.0)
+    finish(devices)
+    wait_until(lambda: all_received(cluster, machines, 10), 60, "every reading applied")
+    wait_until(
+        lambda: (
+            {m["risk"]["model_version"] for m in cluster.machines().values() if m["risk"]}
+            == {trained.version}
+        ),
+        30,
+        "every machine scored by the pushed model",
+    )
+    late = cluster.worker("w3")
+    wait_until(lambda: late.logged(f"fetched model {trained.version}"), 60, "w3 to fetch it")

@@ -165,6 +165,16 @@ def main(argv: list[str] | None = None) -> int:
         "cluster", help="cluster mode (TWIN_NATS_URL): set up NATS JetStream for the workers"
     )
     cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True)
+    model = cluster_commands.add_parser(
+        "model", help="the cluster's failure models (object store twin_models)"
+    )
+    model_commands = model.add_subparsers(dest="model_command", required=True)
+    push = model_commands.add_parser(
+        "push",
+        help="store a saved model (twin train --out DIR) in the cluster and make it the active "
+        "one of its scope on every worker",
+    )
+    push.add_argument("path", type=Path, help="the model's directory (model.joblib, model.json)")
     cluster_commands.add_parser(
         "init",
         help="create or update the streams, partition consumers and buckets, and each plant's "
@@ -207,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
             log.info("restored %s from %s", settings.data_dir, args.path)
         elif args.command == "train":
             _train(settings, args.csv, args.out, args.seed)
+        elif args.command == "cluster" and args.cluster_command == "model":
+            from twin.cluster.models import push as push_model
+
+            print(push_model(settings, args.path))
         elif args.command == "cluster":
             from twin.cluster.layout import run_init
 

@@ -34,6 +34,7 @@ def bind(app: FastAPI, twin: Twin) -> None:
     """Make `twin` the service every dependency below reads from."""
     app.state.twin = twin
     app.state.settings = twin.settings
+    app.state.hub = twin.hub
 
 
 def _twin(request: Request) -> Twin:
@@ -62,6 +63,12 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
+def _hub(request: Request) -> EventHub:
+    """The `/stream` events, also of the cluster's `twin api` (fed by the streams it follows)."""
+    hub: EventHub = request.app.state.hub
+    return hub
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StateDep = Annotated[FleetState, Depends(_part(lambda t: t.state))]
 AlertsDep = Annotated[AlertManager, Depends(_part(lambda t: t.alerts))]
@@ -70,7 +77,7 @@ ScorerDep = Annotated[RiskScorer, Depends(_part(lambda t: t.scorer))]
 RegistryDep = Annotated[Registry, Depends(_part(lambda t: t.registry))]
 TrainerDep = Annotated[Trainer, Depends(_part(lambda t: t.trainer))]
 DeadLettersDep = Annotated[DeadLetters, Depends(_part(lambda t: t.deadletters))]
-HubDep = Annotated[EventHub, Depends(_part(lambda t: t.hub))]
+HubDep = Annotated[EventHub, Depends(_hub)]
 HistoryDep = Annotated[History, Depends(_part(lambda t: t.history))]
 StatusDep = Annotated[TwinStatus, Depends(_part(lambda t: t.status()))]
 

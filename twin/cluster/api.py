@@ -28,7 +28,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from twin.alerts import Severity
-from twin.api.deps import BODY_ERRORS, NOT_FOUND, OperateAccess, ReadAccess, json_response
+from twin.api import stream as stream_api
+from twin.api.deps import (
+    ACCESS_ERRORS,
+    BODY_ERRORS,
+    NOT_FOUND,
+    OperateAccess,
+    ReadAccess,
+    json_response,
+)
 from twin.api.params import LimitParam, MachineParam, MinRiskParam, OffsetParam, SiteParam
 from twin.api.router import install_errors
 from twin.api.schemas import (
@@ -39,13 +47,16 @@ from twin.api.schemas import (
     DeadLettersPublic,
     MachinePage,
     MachinePublic,
+    ModelsPublic,
 )
 from twin.cluster.episodes import episode_key
 from twin.cluster.layout import (
+    ACTIVE_MODELS,
     DEADLETTERS_SUBJECT,
     EPISODES,
     FORWARD_PREFIX,
     LEASES,
+    MODELS,
     PLANT_SILENT_S,
     SNAPSHOTS,
     STREAM_ALERTS,
@@ -65,12 +76,15 @@ from twin.cluster.layout import (
     lease_key,
     to_nats,
 )
+from twin.cluster.models import SharedModels
 from twin.config import Settings
 from twin.deadletters import DeadLetters
 from twin.errors import Conflict, NotFound
 from twin.messages import Reason
 from twin.metrics import single
+from twin.model.registry import Registry
 from twin.state import SortKey
+from twin.stream import EventHub
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +110,10 @@ class ClusterView:
         self._peers: Mirror | None = None
         self._leases: Mirror | None = None
         self.deadletters = DeadLetters(settings.deadletter_max)
+        self.hub = EventHub(
+            client_buffer=settings.stream_buffer, heartbeat_s=settings.stream_heartbeat_s
+        )
+        self.models = SharedModels(Registry(settings.models_dir))
         self.started_at = time.monotonic()
 
     @property
@@ -129,6 +147,7 @@ class ClusterView:
         self._leases = Mirror(await js.key_value(LEASES))
         await self._peers.start()
         await self._leases.start()
+        await self.models.start(self.nc)
         log.info("following %s and %s", STREAM_STATE, STREAM_ALERTS)
 
     @staticmethod
@@ -141,6 +160,7 @@ class ClusterView:
         for mirror in (self._peers, self._leases):
             if mirror is not None:
                 await mirror.stop()
+        await self.models.stop()
         if self._nc is not None:
             await self._nc.drain()
             self._nc = None
@@ -154,6 +174,7 @@ class ClusterView:
         if known is None:
             self._sorted = None
         self.machines[machine] = twin
+        self.hub.publish_json("twin", twin["site"], machine, msg.data)
 
     async def _on_deadletter(self, msg: Msg) -> None:
         self.deadletters.record(json.loads(msg.data))
@@ -165,21 +186,25 @@ class ClusterView:
         return dropped
 
     async def _on_alert(self, msg: Msg) -> None:
-        self._remember(json.loads(msg.data))
+        alert = json.loads(msg.data)
+        if self._remember(alert):
+            self.hub.publish_json("alert", alert["site"], alert["machine"], msg.data)
 
-    def _remember(self, alert: dict[str, Any]) -> None:
+    def _remember(self, alert: dict[str, Any]) -> bool:
+        """Keep an alert change; False for an older copy of one already kept."""
         known = self.alerts.get(alert["id"])
         if known is not None and (known["updated_at"], known["acknowledged"]) > (
             alert["updated_at"],
             alert["acknowledged"],
         ):
-            return  # an older copy
+            return False
         self.alerts[alert["id"]] = alert
         active = self._active.setdefault(alert["machine"], {})
         if alert["state"] == "active":
             active[alert["id"]] = alert
         else:
             active.pop(alert["id"], None)
+        return True
 
     def alerts_for(self, machine: str) -> list[dict[str, Any]]:
         return sorted(self._active.get(machine, {}).values(), key=lambda a: a["raised_at"])
@@ -339,7 +364,7 @@ class ClusterView:
                 "partitions": self.layout.partitions,
                 "replicas": self.layout.replicas,
                 "streams": streams,
-                "buckets": [WORKERS, LEASES, EPISODES, SNAPSHOTS],
+                "buckets": [WORKERS, LEASES, EPISODES, ACTIVE_MODELS, SNAPSHOTS, MODELS],
             },
             "unknown": unknown,  # what JetStream did not answer this time
         }
@@ -408,9 +433,13 @@ def _plant(source: dict[str, Any]) -> dict[str, Any]:
 def _worker(beat: dict[str, Any]) -> dict[str, Any]:
     """What a heartbeat says: partitions held, and since the worker started, partitions taken,
     given back and lost to another's lease; for those it holds, messages applied and skipped
-    as redeliveries."""
+    as redeliveries; the model version scoring each scope."""
     keys = ("machines", "applied", "redelivered", "taken", "given", "lost")
-    return {"partitions": beat.get("partitions", []), **{k: beat.get(k, 0) for k in keys}}
+    return {
+        "partitions": beat.get("partitions", []),
+        **{k: beat.get(k, 0) for k in keys},
+        "models": beat.get("models", {}),
+    }
 
 
 def _view(request: Request) -> ClusterView:
@@ -527,6 +556,20 @@ async def clear_deadletters(view: ViewDep) -> Response:
     return json_response({"cleared": await view.clear_deadletters()})
 
 
+@router.get(
+    "/model", response_model=ModelsPublic, tags=["model"], summary="The models scoring the fleet"
+)
+async def list_models(view: ViewDep) -> Response:
+    """The active model of each scope, from the cluster's store; every worker scores with it
+    (`/cluster` shows each worker's versions). Training runs outside cluster mode: publish
+    its model with `twin cluster model push`."""
+    active = {}
+    for version in view.models.active().values():
+        manifest = await view.models.manifest(version)
+        active[manifest["scope"]] = manifest
+    return json_response({"active": active, "stored": list(active.values()), "training": None})
+
+
 @router.get("/cluster", tags=["cluster"], summary="Workers, partitions, lag and layout")
 async def get_cluster(view: ViewDep) -> Response:
     return json_response(await view.cluster())
@@ -617,9 +660,11 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.view = view
     app.state.settings = settings
+    app.state.hub = view.hub
     install_errors(app)
     app.include_router(open_router)
     app.include_router(router)
+    app.include_router(stream_api.router, dependencies=[ReadAccess], responses=ACCESS_ERRORS)
     return app
 
 

@@ -12,6 +12,7 @@ subject contract between MQTT topics and NATS subjects.
             -> twin.deadletters -> stream TWIN_DEADLETTERS (rejections, the newest 100,000)
             -> twin.risk -> stream TWIN_RISK (fresh scores, batched; `twin forward` reads it)
     heartbeats: KV twin_workers (entries expire); snapshots: object store twin_snapshots
+    models: object store twin_models, the active version of each scope in KV twin_active_models
     open alerts: KV twin_alerts (opening one is a create: no two workers raise the same)
 
 `init` creates or updates all of it and says what it did; `check` is what a worker and the API
@@ -52,6 +53,8 @@ WORKERS = "twin_workers"  # KV: worker id -> heartbeat (partitions held), expiri
 LEASES = "twin_partitions"  # KV: p.NNN -> lease (owner, covered stream sequence, snapshot)
 EPISODES = "twin_alerts"  # KV: site.machine.rule -> its open alert
 SNAPSHOTS = "twin_snapshots"  # object store: a partition's state, named by its lease
+MODELS = "twin_models"  # object store: <version>/model.joblib and <version>/model.json
+ACTIVE_MODELS = "twin_active_models"  # KV: scope -> the version that scores it everywhere
 GROUP = "twin"  # the priority group of every partition consumer
 FORWARD_PREFIX = "forward-"  # `twin forward`'s consumers: forward-<sink>-<in|risk|alerts>
 IN_PREFIX = "twin.in"
@@ -412,7 +415,8 @@ async def init(nc: NATS, layout: Layout) -> list[str]:
     kept = layout.partitions - created - updated
     done.append(f"partition consumers: {created} created, {updated} updated, {kept} as configured")
     js = nc.jetstream()
-    for bucket, ttl in ((WORKERS, WORKER_TTL_S), (LEASES, None), (EPISODES, None)):
+    buckets = ((WORKERS, WORKER_TTL_S), (LEASES, None), (EPISODES, None), (ACTIVE_MODELS, None))
+    for bucket, ttl in buckets:
         try:
             await js.key_value(bucket)
             done.append(f"bucket {bucket} exists")
@@ -427,14 +431,15 @@ async def init(nc: NATS, layout: Layout) -> list[str]:
                 )
             )
             done.append(f"created bucket {bucket}")
-    try:
-        await js.object_store(SNAPSHOTS)
-        done.append(f"object store {SNAPSHOTS} exists")
-    except Exception:
-        await js.create_object_store(
-            SNAPSHOTS, ObjectStoreConfig(storage=StorageType.FILE, replicas=layout.replicas)
-        )
-        done.append(f"created object store {SNAPSHOTS}")
+    for store in (SNAPSHOTS, MODELS):
+        try:
+            await js.object_store(store)
+            done.append(f"object store {store} exists")
+        except Exception:
+            await js.create_object_store(
+                store, ObjectStoreConfig(storage=StorageType.FILE, replicas=layout.replicas)
+            )
+            done.append(f"created object store {store}")
     return done
 
 
@@ -461,6 +466,7 @@ async def check(nc: NATS, layout: Layout) -> None:
             raise ClusterError(f"consumer {name} of {STREAM_IN} is missing: {fix}")
         if differs := _differs(want, info["config"]):
             raise ClusterError(f"consumer {name} differs ({', '.join(differs)}): {fix}")
-    for bucket in (f"KV_{WORKERS}", f"KV_{LEASES}", f"KV_{EPISODES}", f"OBJ_{SNAPSHOTS}"):
+    buckets = [f"KV_{b}" for b in (WORKERS, LEASES, EPISODES, ACTIVE_MODELS)]
+    for bucket in (*buckets, f"OBJ_{SNAPSHOTS}", f"OBJ_{MODELS}"):
         if "error" in await api.call(f"STREAM.INFO.{bucket}"):
             raise ClusterError(f"bucket {bucket} is missing: {fix}")

@@ -73,11 +73,14 @@ from twin.cluster.layout import (
     partition_filter,
     to_nats,
 )
+from twin.cluster.models import SharedModels, scope_key
 from twin.config import Settings
 from twin.core import Core, fleet_state, limits_of
 from twin.deadletters import DeadLetters
 from twin.history import HistoryOutbox, HistoryStore
 from twin.messages import RawMessage
+from twin.model.predictor import ModelMismatch, Predictor
+from twin.model.registry import DEFAULT_SCOPE
 from twin.risk import Risk
 from twin.topics import Topics
 
@@ -165,6 +168,8 @@ class Worker:
             episodes=self.episodes,
         )
         self.history = HistoryStore(store)
+        self.models = SharedModels(self.core.registry)
+        self._refused: set[str] = set()  # model versions this installation cannot load
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin-core")
         self.partitions: dict[int, Partition] = {}
         self.taken = 0
@@ -286,7 +291,11 @@ class Worker:
             await self.episodes.start(await js.key_value(EPISODES))
             self.core.alerts.open(rules)
             self.history.open()
+            await self.models.start(self.nc)
+            for version in self.models.active().values():  # the cluster's, before its own
+                await self._install(version)
             await asyncio.get_running_loop().run_in_executor(self._thread, self.core.scorer.start)
+            await self._share_default()
             log.info(
                 "worker %s: %d partitions, snapshots every %.1f s",
                 self.id,
@@ -300,6 +309,7 @@ class Worker:
                 asyncio.create_task(self._every(HEARTBEAT_S, self._balance)),
                 asyncio.create_task(self._every(s.cluster_snapshot_s, self._snapshot_all)),
                 asyncio.create_task(self._every(_IDLE_REACT_S, self._idle)),
+                asyncio.create_task(self._every(HEARTBEAT_S, self._follow_models)),
                 asyncio.create_task(self._applier()),
             ]
             stopping = asyncio.create_task(self._stopping.wait())
@@ -321,6 +331,7 @@ class Worker:
             await self._peers.stop()
             await self._lease_view.stop()
             await self.episodes.stop()
+            await self.models.stop()
         finally:
             if self._nc is not None:
                 await self._nc.drain()
@@ -369,12 +380,46 @@ class Worker:
             "taken": self.taken,
             "given": self.given,
             "lost": self.lost,  # dropped when another worker's lease was found
+            "models": {scope: m.version for scope, m in self.core.scorer.models().items()},
         }
         await _open(self._workers).put(self.id, json.dumps(beat).encode())
         self._beat_ok = time.monotonic()
 
     async def _idle(self) -> None:
         await self._core(self.core.react, set())
+
+    # -- models -------------------------------------------------------------------------------
+
+    async def _install(self, version: str) -> Predictor | None:
+        """Fetch a version into the local registry and make it active there."""
+        if version in self._refused:
+            return None
+        try:
+            predictor = await self.models.fetch(version)
+        except ModelMismatch as exc:
+            self._refused.add(version)
+            log.error("not using model %s: %s", version, exc)
+            return None
+        await asyncio.to_thread(self.core.registry.store, predictor)
+        return predictor
+
+    async def _share_default(self) -> None:
+        """Publish this worker's default model if the cluster has none; if another worker
+        was first, `_follow_models` switches to the cluster's."""
+        default = self.core.scorer.model(DEFAULT_SCOPE)
+        if default is not None and await self.models.publish(default, only_if_none=True):
+            log.info("published model %s as the cluster's default", default.version)
+
+    async def _follow_models(self) -> None:
+        """Score each scope with the version the cluster says is active."""
+        mine = {scope_key(scope): m.version for scope, m in self.core.scorer.models().items()}
+        for key, version in self.models.active().items():
+            if mine.get(key) == version:
+                continue
+            predictor = await self._install(version)
+            if predictor is not None:
+                await asyncio.to_thread(self.core.scorer.activate, predictor, 0)
+                log.info("model %s scores %s here from now on", version, predictor.scope)
 
     # -- partitions ---------------------------------------------------------------------------
 
