@@ -318,6 +318,7 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
         failover_s = time.monotonic() - killed_at
         finish(devices)
         wait_until(lambda: all_received(cluster, machines, count), 120, "every reading applied")
+        wait_until(lambda: quiet(cluster), 90, "every partition acknowledged (lag 0)")
     seen = cluster.machines()
     assert sum(m["counters"]["received"] for m in seen.values()) == machines * count
     assert all(m["counters"]["received"] == count for m in seen.values())  # none applied twice

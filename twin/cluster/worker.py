@@ -119,7 +119,8 @@ class Partition:
     machines: set[str] = field(default_factory=set)
     pin: str | None = None
     delivered: int | None = None  # the consumer sequence of the last delivery to this worker
-    last_reply: str | None = None  # the ack subject of the newest delivery applied
+    last_reply: str | None = None  # the ack subject of the consumer's newest delivery applied
+    acked: str | None = None  # the last one acknowledged
     applied: int = 0  # messages applied since taken
     skipped: int = 0  # deliveries at or below `upto`: redeliveries
     active: bool = True  # False once given back or lost: what is still queued is not applied
@@ -237,10 +238,12 @@ class Worker:
             if not part.active:
                 continue  # given back meanwhile: the next owner gets these again
             before = len(raws)
+            durable = f".{STREAM_IN}.{consumer(part.number)}."  # not a replay's consumer
             for msg in msgs:
                 raw = input_message(root, msg)
                 seq = int(raw.origin)
-                part.last_reply = msg.reply
+                if durable in msg.reply:
+                    part.last_reply = msg.reply
                 if seq <= part.upto:
                     part.skipped += 1
                     continue
@@ -262,6 +265,11 @@ class Worker:
     def _dump(self, part: Partition) -> tuple[bytes, int, str | None]:
         blob = msgspec.json.encode({"machines": self.state.dump(part.machines)})
         return blob, part.upto, part.last_reply
+
+    @staticmethod
+    def _applied(part: Partition) -> tuple[int, str | None]:
+        """What the partition has applied and its newest delivery, together (core thread)."""
+        return part.upto, part.last_reply
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -465,7 +473,7 @@ class Worker:
                     await self._take(number, lease)
 
     async def _take(self, number: int, lease: Lease | None) -> None:
-        """Claim the lease (CAS), load its snapshot, replay after it, start pulling."""
+        """Claim the lease (CAS), load its snapshot, start replaying after it and pulling."""
         mine = (
             Lease(self.id, 0, None, 0)
             if lease is None
@@ -488,17 +496,16 @@ class Worker:
             await self._core(self.state.adopt, machines)
             part.machines = {m["machine"] for m in machines}
         await self._core(self.core.alerts.adopt, self.episodes.open_for(part.machines))
-        replayed = await self._replay(part)
+        # The replay runs in the partition's task: the next partitions are taken meanwhile
+        # instead of after it (a failover's takeovers each waited for the previous replay).
         part.task = asyncio.create_task(self._pull(part))
         self.partitions[number] = part
         self.taken += 1
         log.info(
-            "took partition %d: %d machines from its snapshot at sequence %d, replayed %d "
-            "messages, in %.2f s",
+            "took partition %d: %d machines from its snapshot at sequence %d, in %.2f s",
             number,
             len(part.machines),
             mine.upto,
-            replayed,
             time.monotonic() - started,
         )
 
@@ -531,7 +538,24 @@ class Worker:
         return replayed
 
     async def _pull(self, part: Partition) -> None:
-        """Pull the partition's consumer in batches, with its pin once the server gives one."""
+        """Replay what the snapshot does not cover, then pull the partition's consumer in
+        batches, with its pin once the server gives one."""
+        started = time.monotonic()
+        while True:
+            try:
+                replayed = await self._replay(part)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the connection, mostly: again from where it got to
+                log.warning("replaying partition %d failed (%s); again in 1 s", part.number, exc)
+                await asyncio.sleep(1)
+        log.info(
+            "partition %d: replayed %d messages, in %.2f s",
+            part.number,
+            replayed,
+            time.monotonic() - started,
+        )
         arrived: list[Msg] = []
         wake = asyncio.Event()
 
@@ -633,8 +657,14 @@ class Worker:
         async with self._busy:
             for number in list(self.partitions):
                 part = self.partitions[number]
-                if part.upto > part.lease.upto:
+                upto, reply = await self._core(self._applied, part)
+                if upto > part.lease.upto:
                     await self._snapshot(part, self.id)
+                elif reply is not None and reply != part.acked:
+                    # Only redeliveries since the snapshot (what a former owner was sent and
+                    # never acknowledged): it covers them, and unacknowledged they would come
+                    # back every ack wait, the partition's lag never reaching 0.
+                    await self._ack(part, reply)
 
     async def _snapshot(self, part: Partition, owner: str | None) -> bool:
         """Write the partition's state, move its lease (CAS), ack what it covers; a failed
@@ -657,8 +687,12 @@ class Worker:
         if previous is not None and previous != name:
             await _open(self._snapshots).delete(previous)
         if reply is not None:
-            await self.nc.publish(reply, b"+ACK")  # ack-all: everything up to this delivery
+            await self._ack(part, reply)
         return True
+
+    async def _ack(self, part: Partition, reply: str) -> None:
+        await self.nc.publish(reply, b"+ACK")  # ack-all: everything up to this delivery
+        part.acked = reply
 
     async def _give_back(self, number: int) -> None:
         """Stop pulling, snapshot and ack, free the lease, unpin."""
