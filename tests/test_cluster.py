@@ -699,7 +699,8 @@ def test_a_pushed_model_scores_every_partition_and_a_new_worker_starts_with_it(
     reaches every worker and every machine's score, and a worker started later fetches it."""
     machines = 40
     cluster.worker("w2", models=False)  # would fit a default of its own, but takes w1's
-    cluster.share_out("w1")
+    cluster.worker("w1")
+    cluster.start_api()
     wait_until(lambda: cluster.settled({"w1", "w2"}), 90, "two workers to share out")
     first = cluster.get("/model")["active"][DEFAULT_SCOPE]["version"]
 
