@@ -82,11 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     fleet = Fleet(settings.broker, Topics(settings.topic_root), options)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log = logging.getLogger("devices")
+    broker = settings.broker
+    login = f" as {broker.username}" if broker.username else ""  # never the password
     log.info(
-        "starting %d machines at %s Hz on %s (site %s, seed %d)",
+        "starting %d machines at %s Hz on %s:%d%s (site %s, seed %d)",
         args.machines,
         args.rate,
-        settings.mqtt_url,
+        broker.host,
+        broker.port,
+        login,
         args.site,
         args.seed,
     )

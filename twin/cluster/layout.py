@@ -243,7 +243,8 @@ async def connect(settings: Settings, name: str) -> NATS:
     nc = NATS()
 
     async def disconnected() -> None:
-        log.warning("disconnected from NATS; reconnecting")
+        if not (nc.is_closed or nc.is_draining):  # not when this process closes it
+            log.warning("disconnected from NATS; reconnecting")
 
     async def reconnected() -> None:
         log.info("reconnected to NATS at %s", nc.connected_url.netloc if nc.connected_url else "?")
