@@ -132,6 +132,16 @@ class Cluster:
         with urllib.request.urlopen(url, timeout=10) as response:
             return json.load(response)
 
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.api_port}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
     def health(self) -> dict[str, Any]:
         """/health's body, which a degraded cluster sends with a 503."""
         try:
@@ -364,6 +374,19 @@ def test_a_fourth_worker_takes_its_share_and_one_leaves_cleanly(cluster: Cluster
         cluster.worker("w4")
         wait_until(lambda: cluster.settled({"w1", "w2", "w3", "w4"}), 60, "w4 to take its share")
         assert list(cluster.owners().values()).count("w4") == PARTITIONS // 4
+        # /plans as twin serve's: s1's capacity is its healthy machines' worth.
+        plan = {
+            "sites": [{"name": "s1", "unit_cost": 1}],
+            "demands": [{"id": "d", "quantity": 10 * machines, "shortfall_cost": 10}],
+        }
+        capacity = cluster.post("/plans", plan)["capacities"][0]["capacity"]
+        healthy = [
+            m
+            for m in cluster.machines().values()
+            if m["online"] and m["risk"] and m["risk"]["probability"] <= m["risk"]["threshold"]
+        ]
+        assert 0 < capacity <= machines
+        assert abs(capacity - len(healthy)) <= machines // 10  # the fleet moves between calls
         assert cluster.workers["w1"].terminate() == 0
         wait_until(lambda: cluster.settled({"w2", "w3", "w4"}), 60, "w1's share to move")
         finish(devices)

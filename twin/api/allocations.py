@@ -63,6 +63,12 @@ def replan(planner: PlannerDep, allocation_id: int) -> dict[str, Any]:
     responses=BODY_ERRORS,
 )
 def create_plan(planner: PlannerDep, request: PlanRequest) -> dict[str, Any]:
+    return plan_for(request, planner.healthy_machines())
+
+
+def plan_for(request: PlanRequest, healthy: dict[str, int]) -> dict[str, Any]:
+    """The plan a request asks for; a site without a capacity gets its healthy machines' worth
+    (`healthy`: per site, machines online and under the risk limit). Also `twin api`'s."""
     site_names = {s.name for s in request.sites}
     demand_ids = {d.id for d in request.demands}
     for route in request.transport:
@@ -70,7 +76,6 @@ def create_plan(planner: PlannerDep, request: PlanRequest) -> dict[str, Any]:
             raise InvalidRequest(
                 f"transport names an unknown site or demand: {route.site}/{route.demand}"
             )
-    healthy = planner.healthy_machines()
     sites = [
         Site(
             s.name,

@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from twin.alerts import Severity
 from twin.api import stream as stream_api
+from twin.api.allocations import plan_for
 from twin.api.deps import (
     ACCESS_ERRORS,
     BODY_ERRORS,
@@ -48,6 +49,8 @@ from twin.api.schemas import (
     MachinePage,
     MachinePublic,
     ModelsPublic,
+    PlanPublic,
+    PlanRequest,
 )
 from twin.cluster.episodes import episode_key
 from twin.cluster.layout import (
@@ -76,13 +79,14 @@ from twin.cluster.layout import (
     lease_key,
     to_nats,
 )
-from twin.cluster.models import SharedModels
+from twin.cluster.models import SharedModels, scope_key
 from twin.config import Settings
 from twin.deadletters import DeadLetters
 from twin.errors import Conflict, NotFound
 from twin.messages import Reason
 from twin.metrics import single
-from twin.model.registry import Registry
+from twin.model.registry import DEFAULT_SCOPE, Registry
+from twin.planning.ledger import healthy_by_site
 from twin.state import SortKey
 from twin.stream import EventHub
 
@@ -369,6 +373,19 @@ class ClusterView:
             "unknown": unknown,  # what JetStream did not answer this time
         }
 
+    async def healthy_machines(self) -> dict[str, int]:
+        """Per site: machines online and below the default model's threshold (0.5 without
+        one), as `twin serve` counts them for `/plans`."""
+        version = self.models.active().get(scope_key(DEFAULT_SCOPE))
+        limit = 0.5 if version is None else (await self.models.manifest(version))["threshold"]
+        return healthy_by_site(
+            (
+                (m["site"], m["online"], (m.get("risk") or {}).get("probability"))
+                for m in list(self.machines.values())
+            ),
+            limit,
+        )
+
     async def _forwarders(self, api: Api, unknown: list[str]) -> list[dict[str, Any]]:
         """`twin forward`'s consumers: what each sink has yet to write."""
         rows = []
@@ -568,6 +585,20 @@ async def list_models(view: ViewDep) -> Response:
         manifest = await view.models.manifest(version)
         active[manifest["scope"]] = manifest
     return json_response({"active": active, "stored": list(active.values()), "training": None})
+
+
+@router.post(
+    "/plans",
+    response_model=PlanPublic,
+    dependencies=[OperateAccess],
+    tags=["allocations"],
+    summary="Plan production across sites (linear programme)",
+    responses=BODY_ERRORS,
+)
+async def create_plan(view: ViewDep, request: PlanRequest) -> Response:
+    """As `twin serve`'s: a site without a capacity gets its healthy machines' worth, from the
+    fleet the streams tell."""
+    return json_response(plan_for(request, await view.healthy_machines()))
 
 
 @router.get("/cluster", tags=["cluster"], summary="Workers, partitions, lag and layout")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from twin.alerts import Alert
@@ -39,12 +40,13 @@ class AllocationLedger:
 
     def healthy_machines(self) -> dict[str, int]:
         """Per site: machines online and below the default risk limit."""
-        limit = self.default_max_risk()
-        counts: dict[str, int] = {}
-        for t in self.state.summaries():
-            if t.online and t.risk is not None and t.risk.probability <= limit:
-                counts[t.site] = counts.get(t.site, 0) + 1
-        return counts
+        return healthy_by_site(
+            (
+                (t.site, t.online, None if t.risk is None else t.risk.probability)
+                for t in self.state.summaries()
+            ),
+            self.default_max_risk(),
+        )
 
     def default_max_risk(self) -> float:
         model = self.scorer.model(DEFAULT_SCOPE)
@@ -148,6 +150,17 @@ class AllocationLedger:
             record["replan_objective"] = moved.objective
             record["solver"] = moved.solver
             return self.public(record)
+
+
+def healthy_by_site(
+    machines: Iterable[tuple[str, bool | None, float | None]], limit: float
+) -> dict[str, int]:
+    """Per site, the machines (site, online, risk) online and scored at or below `limit`."""
+    counts: dict[str, int] = {}
+    for site, online, risk in machines:
+        if online and risk is not None and risk <= limit:
+            counts[site] = counts.get(site, 0) + 1
+    return counts
 
 
 def _as_dict(result: Allocation) -> dict[str, Any]:
