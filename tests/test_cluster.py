@@ -763,3 +763,66 @@ def test_a_pushed_model_scores_every_partition_and_a_new_worker_starts_with_it(
     )
     late = cluster.worker("w3")
     wait_until(lambda: late.logged(f"fetched model {trained.version}"), 60, "w3 to fetch it")
+
+
+def test_allocations_are_kept_in_the_cluster_for_every_api_and_marked_when_machines_go(
+    cluster: Cluster,
+) -> None:
+    """An allocation made on one `twin api` is read on another; the machines it uses going
+    offline mark it (once, though both APIs follow the alerts), and a replan moves its work."""
+    machines = 12
+    cluster.share_out("w1")
+    port = free_port()
+    other = ClusterProcess(["api", "--port", str(port)], cluster.env(), cluster.tmp / "api2.log")
+    other.start()
+
+    def read(path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return json.load(response)
+
+    try:
+        wait_until(lambda: _answers(read), 30, "the second twin api to answer")
+        devices = fleet(cluster.nats, machines, 1000, rate=2.0)  # stopped below
+        wait_until(
+            lambda: len([m for m in cluster.machines().values() if m["risk"]]) == machines,
+            60,
+            "every machine scored",
+        )
+        tasks = [{"id": f"t{i}", "duration_min": 60} for i in range(machines)]
+        body = {"tasks": tasks, "horizon_min": 480, "max_risk": 1.0}
+        made = cluster.post("/allocations", body)
+        assert len(made["assignments"]) == machines
+        assert read(f"/allocations/{made['id']}")["assignments"] == made["assignments"]
+        assert cluster.post("/allocations", body)["id"] == made["id"] + 1  # one id sequence
+        used = {a["machine"] for a in made["assignments"]}
+        devices.stop()  # each device says it goes offline: offline alerts
+        wait_until(
+            lambda: {x["machine"] for x in read(f"/allocations/{made['id']}")["affected"]} == used,
+            60,
+            "the allocation marked for every machine it used",
+        )
+        marked = cluster.get(f"/allocations/{made['id']}")["affected"]
+        assert len({x["machine"] for x in marked}) == len(marked)  # each once
+        wait_until(
+            lambda: not any(m["online"] for m in cluster.machines().values()),
+            30,
+            "the fleet offline in the API's view",
+        )
+        replanned = cluster.post(f"/allocations/{made['id']}/replan", {})
+        assert replanned["replans"] == 1
+        assert replanned["affected"] == []
+        assert len(replanned["unassigned"]) == machines  # no machine is online to take them
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            read("/allocations/999")
+        missing.value.close()
+        assert missing.value.code == 404
+    finally:
+        other.close()
+
+
+def _answers(read: Any) -> bool:
+    try:
+        read("/machines?limit=1")
+        return True
+    except OSError:
+        return False

@@ -23,15 +23,20 @@ router = APIRouter(tags=["allocations"])
 )
 def create_allocation(planner: PlannerDep, request: AllocationRequest) -> dict[str, Any]:
     """Tasks that cannot fit come back in `unassigned` with a reason, never as an error."""
-    known = planner.machine_types()
+    tasks = tasks_for(request, planner.machine_types())
+    return planner.allocate(tasks, request.horizon_min, request.max_risk)
+
+
+def tasks_for(request: AllocationRequest, known: set[str]) -> list[Task]:
+    """The request's tasks; a 422 for a machine type the fleet (`known`) does not have. Also
+    `twin api`'s."""
     unknown = sorted({t.machine_type for t in request.tasks if t.machine_type} - known)
     if unknown:
         raise InvalidRequest(
             f"unknown machine type(s) {', '.join(unknown)}; "
             f"the fleet has {', '.join(sorted(known)) or 'none'}",
         )
-    tasks = [Task(**t.model_dump()) for t in request.tasks]
-    return planner.allocate(tasks, request.horizon_min, request.max_risk)
+    return [Task(**t.model_dump()) for t in request.tasks]
 
 
 @router.get(

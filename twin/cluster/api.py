@@ -9,6 +9,7 @@ soon as it has read the stream.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -29,7 +30,7 @@ from prometheus_client.registry import Collector
 
 from twin.alerts import Severity
 from twin.api import stream as stream_api
-from twin.api.allocations import plan_for
+from twin.api.allocations import plan_for, tasks_for
 from twin.api.deps import (
     ACCESS_ERRORS,
     BODY_ERRORS,
@@ -37,6 +38,7 @@ from twin.api.deps import (
     OperateAccess,
     ReadAccess,
     json_response,
+    problem,
 )
 from twin.api.params import LimitParam, MachineParam, MinRiskParam, OffsetParam, SiteParam
 from twin.api.router import install_errors
@@ -44,6 +46,8 @@ from twin.api.schemas import (
     AckRequest,
     AlertPage,
     AlertPublic,
+    AllocationPublic,
+    AllocationRequest,
     Cleared,
     DeadLettersPublic,
     MachinePage,
@@ -52,9 +56,11 @@ from twin.api.schemas import (
     PlanPublic,
     PlanRequest,
 )
+from twin.cluster.allocations import ClusterLedger
 from twin.cluster.episodes import episode_key
 from twin.cluster.layout import (
     ACTIVE_MODELS,
+    ALLOCATIONS,
     DEADLETTERS_SUBJECT,
     EPISODES,
     FORWARD_PREFIX,
@@ -118,6 +124,9 @@ class ClusterView:
             client_buffer=settings.stream_buffer, heartbeat_s=settings.stream_heartbeat_s
         )
         self.models = SharedModels(Registry(settings.models_dir))
+        self.ledger = ClusterLedger(self.hub)
+        self._allocations: Mirror | None = None
+        self._marking: set[asyncio.Task[None]] = set()
         self.started_at = time.monotonic()
 
     @property
@@ -152,6 +161,10 @@ class ClusterView:
         await self._peers.start()
         await self._leases.start()
         await self.models.start(self.nc)
+        allocations = await js.key_value(ALLOCATIONS)
+        self.ledger.start(allocations)
+        self._allocations = Mirror(allocations)
+        await self._allocations.start()
         log.info("following %s and %s", STREAM_STATE, STREAM_ALERTS)
 
     @staticmethod
@@ -161,7 +174,7 @@ class ClusterView:
         return mirror
 
     async def stop(self) -> None:
-        for mirror in (self._peers, self._leases):
+        for mirror in (self._peers, self._leases, self._allocations):
             if mirror is not None:
                 await mirror.stop()
         await self.models.stop()
@@ -193,6 +206,16 @@ class ClusterView:
         alert = json.loads(msg.data)
         if self._remember(alert):
             self.hub.publish_json("alert", alert["site"], alert["machine"], msg.data)
+            if self._allocations is not None and self._allocations.entries:
+                entries = list(self._allocations.entries.values())
+                task = asyncio.create_task(self.ledger.on_alert(alert, entries))
+                self._marking.add(task)
+                task.add_done_callback(self._marked)
+
+    def _marked(self, task: asyncio.Task[None]) -> None:
+        self._marking.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("marking allocations failed", exc_info=exc)
 
     def _remember(self, alert: dict[str, Any]) -> bool:
         """Keep an alert change; False for an older copy of one already kept."""
@@ -368,16 +391,34 @@ class ClusterView:
                 "partitions": self.layout.partitions,
                 "replicas": self.layout.replicas,
                 "streams": streams,
-                "buckets": [WORKERS, LEASES, EPISODES, ACTIVE_MODELS, SNAPSHOTS, MODELS],
+                "buckets": [
+                    WORKERS,
+                    LEASES,
+                    EPISODES,
+                    ACTIVE_MODELS,
+                    ALLOCATIONS,
+                    SNAPSHOTS,
+                    MODELS,
+                ],
             },
             "unknown": unknown,  # what JetStream did not answer this time
         }
 
-    async def healthy_machines(self) -> dict[str, int]:
-        """Per site: machines online and below the default model's threshold (0.5 without
-        one), as `twin serve` counts them for `/plans`."""
+    async def default_max_risk(self) -> float:
+        """The default model's threshold (0.5 without one), as `twin serve`'s."""
         version = self.models.active().get(scope_key(DEFAULT_SCOPE))
-        limit = 0.5 if version is None else (await self.models.manifest(version))["threshold"]
+        if version is None:
+            return 0.5
+        threshold: float = (await self.models.manifest(version))["threshold"]
+        return threshold
+
+    def machine_types(self) -> set[str]:
+        return {t["type"] for t in list(self.machines.values()) if t.get("type")}
+
+    async def healthy_machines(self) -> dict[str, int]:
+        """Per site: machines online and below the default model's threshold, as `twin serve`
+        counts them for `/plans`."""
+        limit = await self.default_max_risk()
         return healthy_by_site(
             (
                 (m["site"], m["online"], (m.get("risk") or {}).get("probability"))
@@ -585,6 +626,46 @@ async def list_models(view: ViewDep) -> Response:
         manifest = await view.models.manifest(version)
         active[manifest["scope"]] = manifest
     return json_response({"active": active, "stored": list(active.values()), "training": None})
+
+
+@router.post(
+    "/allocations",
+    response_model=AllocationPublic,
+    dependencies=[OperateAccess],
+    tags=["allocations"],
+    summary="Allocate tasks to healthy machines (optimised)",
+    responses=BODY_ERRORS,
+)
+async def create_allocation(view: ViewDep, request: AllocationRequest) -> Response:
+    """As `twin serve`'s, kept in the cluster (`twin_allocations`): any instance answers."""
+    tasks = tasks_for(request, view.machine_types())
+    limit = await view.default_max_risk() if request.max_risk is None else request.max_risk
+    twins = list(view.machines.values())
+    return json_response(await view.ledger.allocate(tasks, twins, request.horizon_min, limit))
+
+
+@router.get(
+    "/allocations/{allocation_id}",
+    response_model=AllocationPublic,
+    tags=["allocations"],
+    summary="One allocation",
+    responses=NOT_FOUND,
+)
+async def get_allocation(view: ViewDep, allocation_id: int) -> Response:
+    return json_response(await view.ledger.get(allocation_id))
+
+
+@router.post(
+    "/allocations/{allocation_id}/replan",
+    response_model=AllocationPublic,
+    dependencies=[OperateAccess],
+    tags=["allocations"],
+    summary="Move the tasks of machines now in alert",
+    responses={**NOT_FOUND, 409: problem("another replan changed it meanwhile")},
+)
+async def replan(view: ViewDep, allocation_id: int) -> Response:
+    twins = list(view.machines.values())
+    return json_response(await view.ledger.replan(allocation_id, twins))
 
 
 @router.post(

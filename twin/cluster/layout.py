@@ -13,6 +13,7 @@ subject contract between MQTT topics and NATS subjects.
             -> twin.risk -> stream TWIN_RISK (fresh scores, batched; `twin forward` reads it)
     heartbeats: KV twin_workers (entries expire); snapshots: object store twin_snapshots
     models: object store twin_models, the active version of each scope in KV twin_active_models
+    twin api's allocations: KV twin_allocations
     open alerts: KV twin_alerts (opening one is a create: no two workers raise the same)
 
 `init` creates or updates all of it and says what it did; `check` is what a worker and the API
@@ -55,6 +56,7 @@ EPISODES = "twin_alerts"  # KV: site.machine.rule -> its open alert
 SNAPSHOTS = "twin_snapshots"  # object store: a partition's state, named by its lease
 MODELS = "twin_models"  # object store: <version>/model.joblib and <version>/model.json
 ACTIVE_MODELS = "twin_active_models"  # KV: scope -> the version that scores it everywhere
+ALLOCATIONS = "twin_allocations"  # KV: a.<id> -> an allocation of `twin api`; next -> the next id
 GROUP = "twin"  # the priority group of every partition consumer
 FORWARD_PREFIX = "forward-"  # `twin forward`'s consumers: forward-<sink>-<in|risk|alerts>
 IN_PREFIX = "twin.in"
@@ -416,7 +418,13 @@ async def init(nc: NATS, layout: Layout) -> list[str]:
     kept = layout.partitions - created - updated
     done.append(f"partition consumers: {created} created, {updated} updated, {kept} as configured")
     js = nc.jetstream()
-    buckets = ((WORKERS, WORKER_TTL_S), (LEASES, None), (EPISODES, None), (ACTIVE_MODELS, None))
+    buckets = (
+        (WORKERS, WORKER_TTL_S),
+        (LEASES, None),
+        (EPISODES, None),
+        (ACTIVE_MODELS, None),
+        (ALLOCATIONS, None),
+    )
     for bucket, ttl in buckets:
         try:
             await js.key_value(bucket)
@@ -467,7 +475,7 @@ async def check(nc: NATS, layout: Layout) -> None:
             raise ClusterError(f"consumer {name} of {STREAM_IN} is missing: {fix}")
         if differs := _differs(want, info["config"]):
             raise ClusterError(f"consumer {name} differs ({', '.join(differs)}): {fix}")
-    buckets = [f"KV_{b}" for b in (WORKERS, LEASES, EPISODES, ACTIVE_MODELS)]
+    buckets = [f"KV_{b}" for b in (WORKERS, LEASES, EPISODES, ACTIVE_MODELS, ALLOCATIONS)]
     for bucket in (*buckets, f"OBJ_{SNAPSHOTS}", f"OBJ_{MODELS}"):
         if "error" in await api.call(f"STREAM.INFO.{bucket}"):
             raise ClusterError(f"bucket {bucket} is missing: {fix}")

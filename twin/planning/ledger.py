@@ -73,23 +73,13 @@ class AllocationLedger:
         limit = self.default_max_risk() if max_risk is None else max_risk
         result = allocate(tasks, self._fleet(), horizon_min, limit)
         with self._lock:
-            allocation_id = next(self._ids)
-            record = {
-                "id": allocation_id,
-                "created_at": int(time.time() * 1000),
-                "horizon_min": horizon_min,
-                "max_risk": limit,
-                "tasks": {t.id: t for t in tasks},
-                "affected": [],
-                "replans": 0,
-                **_as_dict(result),
-            }
-            self.allocations[allocation_id] = record
-        return self.public(record)
+            record = new_record(next(self._ids), tasks, horizon_min, limit, result)
+            self.allocations[record["id"]] = record
+        return public(record)
 
     def get(self, allocation_id: int) -> dict[str, Any]:
         with self._lock:
-            return self.public(self._record(allocation_id))
+            return public(self._record(allocation_id))
 
     def _record(self, allocation_id: int) -> dict[str, Any]:
         record = self.allocations.get(allocation_id)
@@ -97,59 +87,90 @@ class AllocationLedger:
             raise NotFound(f"no allocation {allocation_id}")
         return record
 
-    @staticmethod
-    def public(record: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in record.items() if k != "tasks"}
-
     def on_alert(self, alert: Alert) -> None:
         """A risk or offline alert on a machine with assigned work marks its allocations."""
-        if alert.state != "active" or alert.kind not in ("risk", "offline"):
+        if not marks(alert.state, alert.kind):
             return
         with self._lock:
             for record in self.allocations.values():
-                uses = any(a["machine"] == alert.machine for a in record["assignments"])
-                if uses and alert.machine not in {x["machine"] for x in record["affected"]}:
-                    record["affected"].append(
-                        {
-                            "machine": alert.machine,
-                            "alert": alert.id,
-                            "rule": alert.rule,
-                            "at": alert.updated_at,
-                        }
-                    )
-                    self.hub.publish("allocation", alert.site, alert.machine, self.public(record))
+                if mark_affected(record, alert.machine, alert.id, alert.rule, alert.updated_at):
+                    self.hub.publish("allocation", alert.site, alert.machine, public(record))
 
     def replan(self, allocation_id: int) -> dict[str, Any]:
         """Move the tasks of affected machines; keep every other assignment."""
         with self._lock:
             record = self._record(allocation_id)
-            affected = {x["machine"] for x in record["affected"]}
-            keep = [a for a in record["assignments"] if a["machine"] not in affected]
-            moving = [
-                record["tasks"][a["task"]]
-                for a in record["assignments"]
-                if a["machine"] in affected
-            ]
-            load: dict[str, float] = {}
-            for a in keep:
-                load[a["machine"]] = max(load.get(a["machine"], 0.0), a["end_min"])
+            affected, keep, moving, load = replan_inputs(record)
         fleet = [m for m in self._fleet(load) if m.machine not in affected]
         moved = allocate(moving, fleet, record["horizon_min"], record["max_risk"])
         with self._lock:
-            was = {a["task"]: a["machine"] for a in record["assignments"]}
-            record["assignments"] = sorted(
-                keep + moved.assignments, key=lambda a: (a["machine"], a["start_min"])
-            )
-            record["unassigned"] = record["unassigned"] + moved.unassigned
-            record["moves"] = [
-                {"task": a["task"], "from": was[a["task"]], "to": a["machine"]}
-                for a in moved.assignments
-            ]
-            record["affected"] = []
-            record["replans"] += 1
-            record["replan_objective"] = moved.objective
-            record["solver"] = moved.solver
-            return self.public(record)
+            apply_replan(record, keep, moved)
+            return public(record)
+
+
+# An allocation record, the same in `twin serve` (in memory) and in cluster mode (a KV entry):
+# the solved allocation, its tasks (id -> Task), the machines in alert since, replans so far.
+
+
+def new_record(
+    allocation_id: int, tasks: list[Task], horizon_min: float, limit: float, result: Allocation
+) -> dict[str, Any]:
+    return {
+        "id": allocation_id,
+        "created_at": int(time.time() * 1000),
+        "horizon_min": horizon_min,
+        "max_risk": limit,
+        "tasks": {t.id: t for t in tasks},
+        "affected": [],
+        "replans": 0,
+        **_as_dict(result),
+    }
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "tasks"}
+
+
+def marks(state: str, kind: str) -> bool:
+    """Whether an alert change marks the allocations using its machine."""
+    return state == "active" and kind in ("risk", "offline")
+
+
+def mark_affected(record: dict[str, Any], machine: str, alert_id: int, rule: str, at: int) -> bool:
+    """Mark the allocation if it has work on `machine` not marked yet; True if it did."""
+    uses = any(a["machine"] == machine for a in record["assignments"])
+    if not uses or machine in {x["machine"] for x in record["affected"]}:
+        return False
+    record["affected"].append({"machine": machine, "alert": alert_id, "rule": rule, "at": at})
+    return True
+
+
+def replan_inputs(
+    record: dict[str, Any],
+) -> tuple[set[str], list[dict[str, Any]], list[Task], dict[str, float]]:
+    """The machines in alert, the assignments kept, the tasks to move, the kept load."""
+    affected = {x["machine"] for x in record["affected"]}
+    keep = [a for a in record["assignments"] if a["machine"] not in affected]
+    moving = [record["tasks"][a["task"]] for a in record["assignments"] if a["machine"] in affected]
+    load: dict[str, float] = {}
+    for a in keep:
+        load[a["machine"]] = max(load.get(a["machine"], 0.0), a["end_min"])
+    return affected, keep, moving, load
+
+
+def apply_replan(record: dict[str, Any], keep: list[dict[str, Any]], moved: Allocation) -> None:
+    was = {a["task"]: a["machine"] for a in record["assignments"]}
+    record["assignments"] = sorted(
+        keep + moved.assignments, key=lambda a: (a["machine"], a["start_min"])
+    )
+    record["unassigned"] = record["unassigned"] + moved.unassigned
+    record["moves"] = [
+        {"task": a["task"], "from": was[a["task"]], "to": a["machine"]} for a in moved.assignments
+    ]
+    record["affected"] = []
+    record["replans"] += 1
+    record["replan_objective"] = moved.objective
+    record["solver"] = moved.solver
 
 
 def healthy_by_site(
