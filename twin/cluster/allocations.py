@@ -109,7 +109,8 @@ class ClusterLedger:
     async def allocate(
         self, tasks: list[Task], twins: list[dict[str, Any]], horizon_min: float, limit: float
     ) -> dict[str, Any]:
-        result = allocate(tasks, machines_of(twins), horizon_min, limit)
+        # Off the event loop: a large solve must not stop the API following the streams.
+        result = await asyncio.to_thread(allocate, tasks, machines_of(twins), horizon_min, limit)
         record = new_record(await self._next_id(), tasks, horizon_min, limit, result)
         await self.kv.create(_key(record["id"]), _encode(record))
         return public(record)
@@ -129,9 +130,10 @@ class ClusterLedger:
         record, revision = await self._get(allocation_id)
         affected, keep, moving, load = replan_inputs(record)
         fleet = [m for m in machines_of(twins, load) if m.machine not in affected]
-        apply_replan(
-            record, keep, allocate(moving, fleet, record["horizon_min"], record["max_risk"])
+        moved = await asyncio.to_thread(
+            allocate, moving, fleet, record["horizon_min"], record["max_risk"]
         )
+        apply_replan(record, keep, moved)
         try:
             await self.kv.update(_key(allocation_id), _encode(record), last=revision)
         except KeyValueError:

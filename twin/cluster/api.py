@@ -679,7 +679,8 @@ async def replan(view: ViewDep, allocation_id: int) -> Response:
 async def create_plan(view: ViewDep, request: PlanRequest) -> Response:
     """As `twin serve`'s: a site without a capacity gets its healthy machines' worth, from the
     fleet the streams tell."""
-    return json_response(plan_for(request, await view.healthy_machines()))
+    healthy = await view.healthy_machines()
+    return json_response(await asyncio.to_thread(plan_for, request, healthy))  # off the loop
 
 
 @router.get("/cluster", tags=["cluster"], summary="Workers, partitions, lag and layout")
