@@ -92,7 +92,7 @@ from twin.errors import Conflict, NotFound
 from twin.messages import Reason
 from twin.metrics import single
 from twin.model.registry import DEFAULT_SCOPE, Registry
-from twin.planning.ledger import healthy_by_site
+from twin.planning.ledger import DEFAULT_MAX_RISK, healthy_by_site
 from twin.state import SortKey
 from twin.stream import EventHub
 
@@ -405,10 +405,10 @@ class ClusterView:
         }
 
     async def default_max_risk(self) -> float:
-        """The default model's threshold (0.5 without one), as `twin serve`'s."""
+        """The default model's threshold, as `twin serve`'s."""
         version = self.models.active().get(scope_key(DEFAULT_SCOPE))
         if version is None:
-            return 0.5
+            return DEFAULT_MAX_RISK
         threshold: float = (await self.models.manifest(version))["threshold"]
         return threshold
 

@@ -43,6 +43,7 @@ class SharedModels:
         self._store: ObjectStore | None = None
         self._active: KeyValue | None = None
         self.mirror: Mirror | None = None
+        self._manifests: dict[str, dict[str, Any]] = {}
 
     async def start(self, nc: NATS) -> None:
         js = nc.jetstream()
@@ -61,9 +62,11 @@ class SharedModels:
         return {k: e.value.decode() for k, e in list(mirror.entries.items()) if e.value}
 
     async def manifest(self, version: str) -> dict[str, Any]:
-        found = await _ready(self._store).get(f"{version}/{MANIFEST_FILE}")
-        manifest: dict[str, Any] = json.loads(found.data or b"{}")
-        return manifest
+        """A version's manifest; read from the store once (a version never changes)."""
+        if version not in self._manifests:
+            found = await _ready(self._store).get(f"{version}/{MANIFEST_FILE}")
+            self._manifests[version] = json.loads(found.data or b"{}")
+        return self._manifests[version]
 
     async def fetch(self, version: str) -> Predictor:
         """The model of `version`, from the local registry or else from the object store."""

@@ -267,9 +267,9 @@ class Worker:
         return blob, part.upto, part.last_reply
 
     @staticmethod
-    def _applied(part: Partition) -> tuple[int, str | None]:
-        """What the partition has applied and its newest delivery, together (core thread)."""
-        return part.upto, part.last_reply
+    def _applied(parts: list[Partition]) -> list[tuple[int, str | None]]:
+        """What each partition has applied and its newest delivery, together (core thread)."""
+        return [(part.upto, part.last_reply) for part in parts]
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -655,9 +655,10 @@ class Worker:
 
     async def _snapshot_all(self) -> None:
         async with self._busy:
-            for number in list(self.partitions):
-                part = self.partitions[number]
-                upto, reply = await self._core(self._applied, part)
+            parts = list(self.partitions.values())
+            for part, (upto, reply) in zip(
+                parts, await self._core(self._applied, parts), strict=True
+            ):
                 if upto > part.lease.upto:
                     await self._snapshot(part, self.id)
                 elif reply is not None and reply != part.acked:

@@ -23,6 +23,8 @@ from twin.risk import RiskScorer
 from twin.state import FleetState
 from twin.stream import EventHub
 
+DEFAULT_MAX_RISK = 0.5  # the risk limit without a default model (else its threshold)
+
 
 class AllocationLedger:
     """Solves allocations on the live fleet and keeps them (in memory) for re-planning."""
@@ -50,7 +52,7 @@ class AllocationLedger:
 
     def default_max_risk(self) -> float:
         model = self.scorer.model(DEFAULT_SCOPE)
-        return model.threshold if model is not None else 0.5
+        return model.threshold if model is not None else DEFAULT_MAX_RISK
 
     def _fleet(self, load: dict[str, float] | None = None) -> list[Machine]:
         load = load or {}
