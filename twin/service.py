@@ -27,7 +27,7 @@ from twin.pipeline import Inbox, Pipeline
 from twin.status import ReadingTotals, ScoringStatus, StreamStatus, TwinStatus
 from twin.timeseries import History
 from twin.topics import Topics
-from twin.trainer import Trainer
+from twin.trainer import LocalModels, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +96,8 @@ class Twin:
         )
 
         # Beside the flow: training, and history read back for the API.
-        self.trainer = Trainer(
-            self.history_store, self.registry, self.scorer, self.state, s.history_bucket_s * 1000
-        )
+        home = LocalModels(self.registry, self.scorer, self.state)
+        self.trainer = Trainer(self.history_store, home, s.history_bucket_s * 1000)
         self.history = History(self.state, sinks.reader(s))
         self.started_at = time.monotonic()
         self.running = False

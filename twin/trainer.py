@@ -1,9 +1,11 @@
 """Background training of fleet models from the twin's own history (`POST /model/train`).
 
-One job at a time, off the ingest path: it reads the history store through its own SQLite
-connection and touches the live state only to read machine types and to swap in a promoted
-model. The candidate is measured on the latest slice of time, held out, next to the model that
-scores that scope now, and promoted only if it is not worse there (unless forced).
+One job at a time, off the ingest path: it reads a history store through its own SQLite
+connection, and reaches the models and machines through a `ModelHome`: `twin serve`'s registry,
+scorer and live state (`LocalModels`), or the cluster's shared models and fleet view
+(`twin.cluster.training`). The candidate is measured on the latest slice of time, held out,
+next to the model that scores that scope now, and promoted only if it is not worse there
+(unless forced).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import sklearn
@@ -45,27 +47,73 @@ class TrainerBusy(Conflict):
     """A training job is already running."""
 
 
-class Trainer:
-    """Runs fleet-model training jobs and keeps the last one's status."""
+class ModelHome(Protocol):
+    """Where a training job finds the active models and the machines, and keeps its model.
+    Called from the job's thread."""
 
-    def __init__(
-        self,
-        history: HistoryStore,
-        registry: Registry,
-        scorer: RiskScorer,
-        state: FleetState,
-        bucket_ms: int,
-    ) -> None:
-        self.history = history
+    def model(self, scope: str) -> Predictor | None:
+        """The model that scores `scope` now."""
+
+    def keep(self, predictor: Predictor, activate: bool) -> None:
+        """Store the candidate; with `activate`, score its scope with it from now on."""
+
+    def machine_type(self, machine: str) -> str | None: ...
+
+
+class LocalModels:
+    """`twin serve`'s: its registry, its scorer and its live state."""
+
+    def __init__(self, registry: Registry, scorer: RiskScorer, state: FleetState) -> None:
         self.registry = registry
         self.scorer = scorer
         self.state = state
+
+    def model(self, scope: str) -> Predictor | None:
+        return self.scorer.model(scope)
+
+    def keep(self, predictor: Predictor, activate: bool) -> None:
+        self.registry.store(predictor, activate=activate)
+        if activate and not self.scorer.activate(predictor):
+            log.warning(
+                "model %s is active; the fleet was not rescored with it yet", predictor.version
+            )
+
+    def machine_type(self, machine: str) -> str | None:
+        return self.state.machine_type(machine)
+
+
+def job_for(site: str | None, horizon_ms: int, force: bool) -> dict[str, Any]:
+    """A new job's record, as `GET /model` shows it."""
+    now = int(time.time() * 1000)
+    return {
+        "id": now,
+        "state": "running",
+        "progress": "starting",
+        "scope": site_scope(site) if site else DEFAULT_SCOPE,
+        "site": site,
+        "label_horizon_ms": horizon_ms,
+        "force": force,
+        "started_at": now,
+    }
+
+
+class Trainer:
+    """Runs fleet-model training jobs and keeps the last one's status."""
+
+    def __init__(self, history: HistoryStore, home: ModelHome, bucket_ms: int) -> None:
+        self.history = history
+        self.home = home
         self.bucket_ms = bucket_ms
         self.job: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
     def start(self, site: str | None, horizon_ms: int, force: bool) -> dict[str, Any]:
         """Check the request can train, then start the job; raise `FleetTrainingError` if not."""
+        self.check(site)
+        return self.run(job_for(site, horizon_ms, force))
+
+    def check(self, site: str | None) -> None:
+        """Raise `FleetTrainingError` unless the history holds enough failures to train on."""
         failures = self.history.failures(site)
         if failures < MIN_TRAIN_POSITIVES:
             where = f"site {site!r}" if site else "the fleet"
@@ -73,20 +121,13 @@ class Trainer:
                 f"{where} has {failures} failure events in its history; at least "
                 f"{MIN_TRAIN_POSITIVES} are needed to train and measure a model"
             )
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Run `job` (from `job_for`) on a thread of its own; raise `TrainerBusy` if one runs."""
         with self._lock:
             if self.job is not None and self.job["state"] == "running":
                 raise TrainerBusy("a training job is already running")
-            self.job = {
-                "id": int(time.time() * 1000),
-                "state": "running",
-                "progress": "starting",
-                "scope": site_scope(site) if site else DEFAULT_SCOPE,
-                "site": site,
-                "label_horizon_ms": horizon_ms,
-                "force": force,
-                "started_at": int(time.time() * 1000),
-            }
-            job = self.job
+            self.job = job
         threading.Thread(target=self._run, args=(job,), name="twin-train", daemon=True).start()
         return dict(job)
 
@@ -124,7 +165,7 @@ class Trainer:
         candidate_scores = pipeline.predict_proba(data.X[test])[:, 1]
         candidate = quality(data.y[test], candidate_scores, threshold)
         job["progress"] = "comparing with the active model"
-        active = self.scorer.model(job["scope"]) or self.scorer.model(DEFAULT_SCOPE)
+        active = self.home.model(job["scope"]) or self.home.model(DEFAULT_SCOPE)
         active_metrics = self._measure(active, data, test, stored) if active else None
         better = active_metrics is None or (
             candidate["average_precision"] >= active_metrics["average_precision"]
@@ -149,9 +190,8 @@ class Trainer:
             "threshold": threshold,
             "created_at": created,
         }
-        predictor = self.registry.store(Predictor(pipeline, manifest), activate=promote)
-        if promote and not self.scorer.activate(predictor):
-            log.warning("model %s is active; the fleet was not rescored with it yet", version)
+        job["progress"] = "storing the candidate"
+        self.home.keep(Predictor(pipeline, manifest), activate=promote)
         return {
             "progress": "done",
             "candidate": {"version": version, "metrics": candidate},
@@ -184,7 +224,7 @@ class Trainer:
             ):
                 values = _latest_values(stored[machine], t, names[:5], self.bucket_ms)
                 if values is not None:
-                    rows.append(feature_row(values, self.state.machine_type(machine)))
+                    rows.append(feature_row(values, self.home.machine_type(machine)))
                     keep.append(i)
             if not rows or len(set(y[keep])) < 2:
                 return None
