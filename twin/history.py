@@ -77,6 +77,38 @@ class HistoryOutbox:
         return closed, events
 
 
+class Records(msgspec.Struct, frozen=True):
+    """Closed buckets and device events of one site in one message: how cluster mode's
+    workers send history to the stream that training reads (`twin.cluster.training`)."""
+
+    site: str
+    buckets: list[tuple[str, int, Signals]] = []  # (machine, start, signals)
+    events: list[tuple[str, int, str, str]] = []  # (machine, ts, type, code)
+
+    def unpack(self) -> tuple[list[ClosedBucket], list[StoredEvent]]:
+        """As the outbox held them, for `HistoryStore.write`."""
+        buckets = [(m, self.site, Bucket(start, signals)) for m, start, signals in self.buckets]
+        events = [
+            (m, self.site, DeviceEvent.model_construct(ts=ts, type=kind, code=code))
+            for m, ts, kind, code in self.events
+        ]
+        return buckets, events
+
+
+def pack(buckets: list[ClosedBucket], events: list[StoredEvent], rows: int) -> list[Records]:
+    """Drained history as messages of at most `rows` buckets and events, by site."""
+    by_site: dict[str, tuple[list[Any], list[Any]]] = defaultdict(lambda: ([], []))
+    for machine, site, bucket in buckets:
+        by_site[site][0].append((machine, bucket.start, bucket.signals))
+    for machine, site, event in events:
+        by_site[site][1].append((machine, event.ts, event.type, event.code))
+    out = []
+    for site, (closed, happened) in by_site.items():
+        for i in range(0, max(len(closed), len(happened)), rows):
+            out.append(Records(site, closed[i : i + rows], happened[i : i + rows]))
+    return out
+
+
 class LiveHistory:
     """One machine's open bucket, its closed buckets and events within the feature window."""
 
@@ -233,7 +265,7 @@ class HistoryStore:
 
     def open(self) -> None:
         try:
-            self._db = database.connect(self.path)
+            self._db = database.connect(self.path, wal=True)  # reads do not block writes
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the history in {self.path}: {exc}") from exc

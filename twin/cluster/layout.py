@@ -47,6 +47,8 @@ STREAM_ALERTS = "TWIN_ALERTS"
 STREAM_DEADLETTERS = "TWIN_DEADLETTERS"
 STREAM_PLANT = "TWIN_PLANT"  # on each plant's leaf node, in the plant's JetStream domain
 STREAM_RISK = "TWIN_RISK"
+STREAM_HISTORY = "TWIN_HISTORY"  # closed history buckets and device events, for training
+HISTORY_PREFIX = "twin.history"  # twin.history.<site>
 RISK_SUBJECT = "twin.risk"  # fresh risk scores, for `twin forward`
 DEADLETTERS_SUBJECT = "twin.deadletters"
 DEADLETTERS_MAX = 100_000  # the stream keeps the newest this many
@@ -57,6 +59,8 @@ SNAPSHOTS = "twin_snapshots"  # object store: a partition's state, named by its 
 MODELS = "twin_models"  # object store: <version>/model.joblib and <version>/model.json
 ACTIVE_MODELS = "twin_active_models"  # KV: scope -> the version that scores it everywhere
 ALLOCATIONS = "twin_allocations"  # KV: a.<id> -> an allocation of `twin api`; next -> the next id
+TRAINING = "twin_training"  # KV: job -> the last training job of any `twin api`
+BUCKETS = (WORKERS, LEASES, EPISODES, ACTIVE_MODELS, ALLOCATIONS, TRAINING)
 GROUP = "twin"  # the priority group of every partition consumer
 FORWARD_PREFIX = "forward-"  # `twin forward`'s consumers: forward-<sink>-<in|risk|alerts>
 IN_PREFIX = "twin.in"
@@ -69,6 +73,7 @@ MAX_ACK_PENDING = 200_000  # per partition: acknowledged once per snapshot (clus
 DUPLICATE_WINDOW_S = 120.0
 IN_MAX_AGE_S = 7 * 24 * 3600.0  # how long the input stream keeps readings (the replay horizon)
 ALERTS_MAX_AGE_S = 30 * 24 * 3600.0
+HISTORY_MAX_AGE_S = 90 * 24 * 3600.0  # what training can read: about 6 GB per 1,000 machines
 PLANT_SILENT_S = 10.0  # a plant whose sourcing has been silent this long is not linked
 _NS = 1_000_000_000
 
@@ -98,6 +103,10 @@ def partition_filter(partition: int) -> str:
 def to_nats(topic: str) -> str:
     """An MQTT topic as nats-server's MQTT listener maps it: '.' -> '//', '/' -> '.'."""
     return topic.replace(".", "//").replace("/", ".")
+
+
+def history_subject(site: str) -> str:
+    return f"{HISTORY_PREFIX}.{to_nats(site)}"
 
 
 def to_topic(root: str, tokens: list[str]) -> str:
@@ -185,6 +194,13 @@ class Layout:
                 "subjects": [RISK_SUBJECT],
                 "storage": "file",
                 "max_age": int(IN_MAX_AGE_S * _NS),
+            },
+            STREAM_HISTORY: {
+                "name": STREAM_HISTORY,
+                "num_replicas": self.replicas,
+                "subjects": [f"{HISTORY_PREFIX}.>"],
+                "storage": "file",
+                "max_age": int(HISTORY_MAX_AGE_S * _NS),
             },
             STREAM_DEADLETTERS: {
                 "name": STREAM_DEADLETTERS,
@@ -418,14 +434,8 @@ async def init(nc: NATS, layout: Layout) -> list[str]:
     kept = layout.partitions - created - updated
     done.append(f"partition consumers: {created} created, {updated} updated, {kept} as configured")
     js = nc.jetstream()
-    buckets = (
-        (WORKERS, WORKER_TTL_S),
-        (LEASES, None),
-        (EPISODES, None),
-        (ACTIVE_MODELS, None),
-        (ALLOCATIONS, None),
-    )
-    for bucket, ttl in buckets:
+    for bucket in BUCKETS:
+        ttl = WORKER_TTL_S if bucket == WORKERS else None
         try:
             await js.key_value(bucket)
             done.append(f"bucket {bucket} exists")
@@ -475,7 +485,7 @@ async def check(nc: NATS, layout: Layout) -> None:
             raise ClusterError(f"consumer {name} of {STREAM_IN} is missing: {fix}")
         if differs := _differs(want, info["config"]):
             raise ClusterError(f"consumer {name} differs ({', '.join(differs)}): {fix}")
-    buckets = [f"KV_{b}" for b in (WORKERS, LEASES, EPISODES, ACTIVE_MODELS, ALLOCATIONS)]
+    buckets = [f"KV_{b}" for b in BUCKETS]
     for bucket in (*buckets, f"OBJ_{SNAPSHOTS}", f"OBJ_{MODELS}"):
         if "error" in await api.call(f"STREAM.INFO.{bucket}"):
             raise ClusterError(f"bucket {bucket} is missing: {fix}")

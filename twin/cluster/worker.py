@@ -17,8 +17,10 @@ another compare-and-swap, so a stalled former owner's write fails and it drops t
    redeliveries of what a former owner was sent, or of what the replay read); where the
    consumer sequence shows deliveries that went elsewhere (a former owner still pulling while
    its lease was taken over), it reads those from the stream first;
-4. every `cluster_snapshot_s`, for each partition that moved: snapshot, lease update (CAS),
-   then one ack-all for everything the snapshot covers. The stream is the journal.
+4. every `cluster_snapshot_s`, for each partition that moved: the history buckets closed and
+   the device events applied so far to `TWIN_HISTORY` (each message acknowledged by the
+   stream), snapshot, lease update (CAS), then one ack-all for everything the snapshot covers.
+   The stream is the journal; a snapshot never covers history the history stream lacks.
 
 `SIGTERM` (or `stop`) snapshots, acknowledges, frees and unpins every partition, and exits.
 """
@@ -56,6 +58,7 @@ from twin.cluster.layout import (
     LEASES,
     RISK_SUBJECT,
     SNAPSHOTS,
+    STREAM_HISTORY,
     STREAM_IN,
     WORKER_TTL_S,
     WORKERS,
@@ -67,6 +70,7 @@ from twin.cluster.layout import (
     connect,
     consumer,
     delivery_of,
+    history_subject,
     input_message,
     layout_of,
     lease_key,
@@ -77,7 +81,7 @@ from twin.cluster.models import SharedModels, scope_key
 from twin.config import Settings
 from twin.core import Core, fleet_state, limits_of
 from twin.deadletters import DeadLetters
-from twin.history import HistoryOutbox, HistoryStore
+from twin.history import HistoryOutbox, pack
 from twin.messages import RawMessage
 from twin.model.predictor import ModelMismatch, Predictor
 from twin.model.registry import DEFAULT_SCOPE
@@ -92,6 +96,7 @@ _BATCH = 1000  # messages one pull asks for
 _PULL_EXPIRES_S = 1.0  # how long the server holds a pull open
 _IDLE_REACT_S = 0.5  # time-based rules and scoring run this often without traffic
 _RISKS_PER_MESSAGE = 1000
+_HISTORY_ROWS = 500  # buckets and events per history message
 
 
 @dataclass
@@ -168,7 +173,7 @@ class Worker:
             risk_listeners=[self._risks],
             episodes=self.episodes,
         )
-        self.history = HistoryStore(store)
+        self._unsent: list[tuple[str, bytes]] = []  # history the stream has not acknowledged
         self.models = SharedModels(self.core.registry)
         self._refused: set[str] = set()  # model versions this installation cannot load
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin-core")
@@ -254,17 +259,21 @@ class Worker:
                 raws.append(raw)
             part.applied += len(raws) - before
         self.core.react(self.core.apply(raws))
-        if self.outbox.pending:
-            self.history.write(*self.outbox.drain())
         return len(raws)
 
     def _forget(self, machines: list[str]) -> None:
         self.core.alerts.forget(machines)
         self.state.forget(machines)
 
-    def _dump(self, part: Partition) -> tuple[bytes, int, str | None]:
+    def _dump(self, part: Partition) -> tuple[bytes, int, str | None, list[tuple[str, bytes]]]:
+        """The partition's state, what it covers, and the history applied so far (of every
+        partition: sent early, it is only sent again by a replay, and stored once)."""
         blob = msgspec.json.encode({"machines": self.state.dump(part.machines)})
-        return blob, part.upto, part.last_reply
+        history = [
+            (history_subject(r.site), msgspec.json.encode(r))
+            for r in pack(*self.outbox.drain(), _HISTORY_ROWS)
+        ]
+        return blob, part.upto, part.last_reply, history
 
     @staticmethod
     def _applied(parts: list[Partition]) -> list[tuple[int, str | None]]:
@@ -298,7 +307,6 @@ class Worker:
             await self._lease_view.start()
             await self.episodes.start(await js.key_value(EPISODES))
             self.core.alerts.open(rules)
-            self.history.open()
             await self.models.start(self.nc)
             for version in self.models.active().values():  # the cluster's, before its own
                 await self._install(version)
@@ -334,7 +342,15 @@ class Worker:
                 raise ClusterError(f"worker {self.id} stopped: its core failed")
             async with self._busy:
                 for number in list(self.partitions):
-                    await self._give_back(number)
+                    try:
+                        await self._give_back(number)
+                    except Exception as exc:
+                        log.error(
+                            "partition %d not given back (%s): once this worker's heartbeat "
+                            "is stale, its next owner replays it from the last snapshot",
+                            number,
+                            exc,
+                        )
             await _open(self._workers).delete(self.id)
             await self._peers.stop()
             await self._lease_view.stop()
@@ -344,7 +360,6 @@ class Worker:
             if self._nc is not None:
                 await self._nc.drain()
             self._thread.shutdown()
-            self.history.close()
             self.core.alerts.close()
             self.lock.release()
         log.info(
@@ -361,6 +376,8 @@ class Worker:
                 await step()
             except asyncio.CancelledError:
                 raise
+            except ClusterError as exc:  # said plainly: what is wrong and what waits for it
+                log.warning("%s: %s; trying again", step.__name__, exc)
             except Exception:
                 log.exception("%s failed; trying again", step.__name__)
             await asyncio.sleep(period_s)
@@ -670,7 +687,8 @@ class Worker:
     async def _snapshot(self, part: Partition, owner: str | None) -> bool:
         """Write the partition's state, move its lease (CAS), ack what it covers; a failed
         CAS means another worker holds the lease now: drop the partition."""
-        blob, upto, reply = await self._core(self._dump, part)
+        blob, upto, reply, history = await self._core(self._dump, part)
+        await self._store_history(history)
         name = f"p{part.number:03d}-{upto}-{self.id}"
         await _open(self._snapshots).put(name, blob)
         lease = Lease(owner, upto, name, part.lease.revision)
@@ -691,6 +709,28 @@ class Worker:
             await self._ack(part, reply)
         return True
 
+    async def _store_history(self, history: list[tuple[str, bytes]]) -> None:
+        """Send history to `TWIN_HISTORY` and wait for the stream to acknowledge it; raise
+        `ClusterError` if it has not, so that no snapshot covers it (what is not sent is kept
+        and sent first the next time)."""
+        self._unsent += history
+        if not self._unsent:
+            return
+        js = self.nc.jetstream()
+        sent = await asyncio.gather(
+            *(js.publish(subject, payload, timeout=5) for subject, payload in self._unsent),
+            return_exceptions=True,
+        )
+        failed = [
+            (m, r) for m, r in zip(self._unsent, sent, strict=True) if isinstance(r, Exception)
+        ]
+        self._unsent = [m for m, _ in failed]
+        if failed:
+            raise ClusterError(
+                f"{STREAM_HISTORY} did not store {len(failed)} history messages "
+                f"({failed[0][1]}): no snapshot until it does"
+            )
+
     async def _ack(self, part: Partition, reply: str) -> None:
         await self.nc.publish(reply, b"+ACK")  # ack-all: everything up to this delivery
         part.acked = reply
@@ -699,7 +739,13 @@ class Worker:
         """Stop pulling, snapshot and ack, free the lease, unpin."""
         part = self.partitions[number]
         await self._stop_pulling(part)
-        if await self._snapshot(part, None):
+        try:
+            kept = await self._snapshot(part, None)
+        except Exception:
+            if not self._stopping.is_set():  # still this worker's: go on with it
+                part.active, part.task = True, asyncio.create_task(self._pull(part))
+            raise
+        if kept:
             try:
                 await Api(self.nc).unpin(number)
             except ClusterError as exc:  # the pin times out by itself (PIN_TIMEOUT_S)
