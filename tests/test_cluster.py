@@ -24,7 +24,7 @@ import pytest
 
 from devices.fleet import Fleet, FleetOptions
 from devices.publisher import DevicePublisher, NetworkLoop
-from tests.payloads import BAD_PAYLOADS, BAD_REASONS
+from tests.payloads import BAD_PAYLOADS, BAD_REASONS, wear_history
 from tests.services import (
     ClusterProcess,
     InfluxDB1,
@@ -36,6 +36,7 @@ from tests.services import (
 )
 from twin.alerts import Alert
 from twin.cluster.episodes import KvEpisodes, episode_id, episode_key
+from twin.cluster.layout import to_nats
 from twin.config import Settings
 from twin.model.predictor import Predictor
 from twin.model.registry import DEFAULT_SCOPE, manifest_for
@@ -762,6 +763,162 @@ def test_a_pushed_model_scores_every_partition_and_a_new_worker_starts_with_it(
     )
     late = cluster.worker("w3")
     wait_until(lambda: late.logged(f"fetched model {trained.version}"), 60, "w3 to fetch it")
+
+
+def publish(nats: NatsServer, messages: list[tuple[str, bytes]]) -> None:
+    """Device messages straight into the input stream, each acknowledged by it."""
+
+    async def send() -> None:
+        nc = await nats_client.connect(nats.url)
+        js = nc.jetstream()
+        for start in range(0, len(messages), 500):
+            chunk = messages[start : start + 500]
+            await asyncio.gather(*(js.publish(to_nats(t), p, timeout=30) for t, p in chunk))
+        await nc.close()
+
+    asyncio.run(send())
+
+
+def training(cluster: Cluster) -> dict[str, Any]:
+    """The cluster's training job, once it has ended."""
+    found: dict[str, Any] = {}
+
+    def ended() -> bool:
+        found.update(cluster.get("/model")["training"] or {"state": "running"})
+        return found["state"] != "running"
+
+    wait_until(ended, 120, "the training job to end")
+    return found
+
+
+def test_training_reads_the_history_stream_and_its_model_reaches_every_worker(
+    cluster: Cluster,
+) -> None:
+    """The workers send history to TWIN_HISTORY; `POST /model/train` on `twin api` trains on
+    it as `twin serve` does on its own, every worker scores the site with the promoted model,
+    and an API started later reads the history again and shows the job."""
+    machines, steps = 8, 900
+    cluster.share_out("w1", "w2")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        cluster.post("/model/train", {"site": "plant2"})
+    assert refused.value.code == 422  # no history yet
+    assert "0 failure events" in json.load(refused.value)["detail"]
+    refused.value.close()
+
+    publish(cluster.nats, wear_history(machines=machines, steps=steps, seed=4))
+    wait_until(lambda: all_received(cluster, machines, steps), 90, "every reading applied")
+    wait_until(
+        lambda: all(p["lag"] == 0 for p in cluster.get("/cluster")["partitions"]),
+        60,
+        "every partition snapshotted and acknowledged",
+    )
+    streams = cluster.get("/cluster")["layout"]["streams"]
+    assert streams["TWIN_HISTORY"]["messages"] > 0
+
+    started = cluster.post("/model/train", {"site": "plant2", "label_horizon": "6h"})
+    assert started["scope"] == "site:plant2"
+    assert started["state"] == "running"
+    result = training(cluster)
+    assert result["state"] == "done", result
+    assert result["promoted"] is True
+    assert result["candidate"]["metrics"]["average_precision"] > 0.3
+    version = result["candidate"]["version"]
+    models = cluster.get("/model")
+    assert models["active"]["site:plant2"]["version"] == version
+    assert "vibration_mm_s_mean_3h" in models["active"]["site:plant2"]["features"]
+
+    def scoring_with(version: str) -> bool:
+        workers = cluster.get("/cluster")["workers"]
+        return all(w["models"].get("site:plant2") == version for w in workers)
+
+    wait_until(lambda: scoring_with(version), 30, "both workers to score plant2 with it")
+    wait_until(
+        lambda: all(
+            (m["risk"] or {}).get("model_version") == version for m in cluster.machines().values()
+        ),
+        30,
+        "every plant2 machine scored by the site model",
+    )
+
+    assert cluster.api is not None
+    cluster.api.close()
+    cluster.start_api()  # stateless: the history and the job come from the cluster
+    assert cluster.get("/model")["training"]["candidate"]["version"] == version
+    wait_until(
+        lambda: _train_accepted(cluster, {"site": "plant2", "label_horizon": "6h"}),
+        60,
+        "the new twin api to read the history and take the job",
+    )
+    second = training(cluster)
+    assert second["state"] == "done", second
+    assert second["active"]["version"] == version  # measured next to the model active now
+    assert second["active"]["metrics"]["average_precision"] > 0.3
+    stored = {m["version"] for m in cluster.get("/model")["stored"]}
+    assert {version, second["candidate"]["version"]} <= stored
+
+
+def history_rows(nats: NatsServer) -> tuple[set[tuple[str, int]], set[tuple[str, int, str]]]:
+    """The distinct (machine, start) buckets and (machine, ts, type) events in TWIN_HISTORY."""
+
+    async def read() -> tuple[set[tuple[str, int]], set[tuple[str, int, str]]]:
+        nc = await nats_client.connect(nats.url)
+        js, buckets, events = nc.jetstream(), set(), set()
+        pending = (await js.stream_info("TWIN_HISTORY")).state.messages
+        sub = await js.subscribe("twin.history.>", ordered_consumer=True)
+        for _ in range(pending):
+            records = json.loads((await sub.next_msg(timeout=10)).data)
+            buckets |= {(m, start) for m, start, _ in records["buckets"]}
+            events |= {(m, ts, kind) for m, ts, kind, _ in records["events"]}
+        await sub.unsubscribe()
+        await nc.close()
+        return buckets, events
+
+    return asyncio.run(read())
+
+
+def test_no_snapshot_covers_history_the_history_stream_did_not_store(cluster: Cluster) -> None:
+    """With TWIN_HISTORY gone, a worker applies readings but acknowledges none of them (a
+    snapshot would cover history that is lost); once `twin cluster init` makes the stream
+    again, the history held back is stored, whole, and the partitions are acknowledged."""
+    machines, steps = 4, 60
+    cluster.share_out("w1")
+
+    async def drop() -> None:
+        nc = await nats_client.connect(cluster.nats.url)
+        await nc.jetstream().delete_stream("TWIN_HISTORY")
+        await nc.close()
+
+    asyncio.run(drop())
+    messages = wear_history(machines=machines, steps=steps, seed=2)
+    publish(cluster.nats, messages)
+    wait_until(lambda: all_received(cluster, machines, steps), 60, "every reading applied")
+    worker = cluster.workers["w1"]
+    wait_until(lambda: worker.logged("did not store"), 30, "the worker to hold history back")
+    time.sleep(2)  # snapshot rounds that must not acknowledge
+    assert sum(p["lag"] for p in cluster.get("/cluster")["partitions"]) == len(messages)
+
+    assert "created stream TWIN_HISTORY" in cluster.init()
+    wait_until(
+        lambda: all(p["lag"] == 0 for p in cluster.get("/cluster")["partitions"]),
+        30,
+        "every partition acknowledged once the history is stored",
+    )
+    buckets, events = history_rows(cluster.nats)
+    assert len(buckets) == machines * (steps - 1)  # each reading closed the bucket before it
+    sent_events = [p for t, p in messages if t.endswith("/event")]
+    assert len(events) == len(sent_events)
+
+
+def _train_accepted(cluster: Cluster, body: dict[str, Any]) -> bool:
+    """POST /model/train; False while the API answers 409 (it is still reading the history)."""
+    try:
+        cluster.post("/model/train", body)
+        return True
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code != 409:
+            raise
+        return False
 
 
 def test_allocations_are_kept_in_the_cluster_for_every_api_and_marked_when_machines_go(

@@ -18,6 +18,7 @@
      +-- NotFound               no such machine, alert, allocation                  (HTTP 404)
      +-- Conflict               the request clashes with work in progress           (HTTP 409)
           +-- TrainerBusy       (twin.trainer) a training job is running
+          +-- HistoryLoading    (twin.cluster.training) twin api still reading the history
 
 Foreign exceptions are wrapped with ``raise ... from exc`` where they cross into the twin. The
 API translates the tree into HTTP problems in one handler (`twin.api.router`), by category.

@@ -2,7 +2,8 @@
 
 It holds nothing of its own: the fleet view is the twin-state stream (`TWIN_STATE`, the last
 state of each machine) read from the start and then followed, the machines' active alerts
-come from `TWIN_ALERTS` the same way, and `/cluster` reads the heartbeats, leases and consumer
+come from `TWIN_ALERTS` the same way, training reads a copy of `TWIN_HISTORY` it keeps the
+same way (`twin.cluster.training`), and `/cluster` reads the heartbeats, leases and consumer
 states at request time. So any number of these can run, and one restarted is whole again as
 soon as it has read the stream.
 """
@@ -35,6 +36,7 @@ from twin.api.deps import (
     ACCESS_ERRORS,
     BODY_ERRORS,
     NOT_FOUND,
+    AdminAccess,
     OperateAccess,
     ReadAccess,
     json_response,
@@ -55,12 +57,14 @@ from twin.api.schemas import (
     ModelsPublic,
     PlanPublic,
     PlanRequest,
+    TrainingJobPublic,
+    TrainRequest,
 )
 from twin.cluster.allocations import ClusterLedger
 from twin.cluster.episodes import episode_key
 from twin.cluster.layout import (
-    ACTIVE_MODELS,
     ALLOCATIONS,
+    BUCKETS,
     DEADLETTERS_SUBJECT,
     EPISODES,
     FORWARD_PREFIX,
@@ -70,6 +74,7 @@ from twin.cluster.layout import (
     SNAPSHOTS,
     STREAM_ALERTS,
     STREAM_DEADLETTERS,
+    STREAM_HISTORY,
     STREAM_IN,
     STREAM_RISK,
     STREAM_STATE,
@@ -86,8 +91,10 @@ from twin.cluster.layout import (
     to_nats,
 )
 from twin.cluster.models import SharedModels, scope_key
+from twin.cluster.training import ClusterTraining
 from twin.config import Settings
 from twin.deadletters import DeadLetters
+from twin.durations import parse_duration
 from twin.errors import Conflict, NotFound
 from twin.messages import Reason
 from twin.metrics import single
@@ -124,6 +131,9 @@ class ClusterView:
             client_buffer=settings.stream_buffer, heartbeat_s=settings.stream_heartbeat_s
         )
         self.models = SharedModels(Registry(settings.models_dir))
+        self.training = ClusterTraining(
+            self.models, self.machine_type, settings.history_bucket_s * 1000
+        )
         self.ledger = ClusterLedger(self.hub)
         self._allocations: Mirror | None = None
         self._marking: set[asyncio.Task[None]] = set()
@@ -161,6 +171,7 @@ class ClusterView:
         await self._peers.start()
         await self._leases.start()
         await self.models.start(self.nc)
+        await self.training.start(self.nc)
         allocations = await js.key_value(ALLOCATIONS)
         self.ledger.start(allocations)
         self._allocations = Mirror(allocations)
@@ -177,6 +188,7 @@ class ClusterView:
         for mirror in (self._peers, self._leases, self._allocations):
             if mirror is not None:
                 await mirror.stop()
+        await self.training.stop()
         await self.models.stop()
         if self._nc is not None:
             await self._nc.drain()
@@ -367,7 +379,7 @@ class ClusterView:
             partitions.append(row)
         streams: dict[str, Any] = {}
         plants: list[dict[str, Any]] = []
-        for name in (STREAM_IN, STREAM_STATE, STREAM_ALERTS, STREAM_DEADLETTERS):
+        for name in (STREAM_IN, STREAM_STATE, STREAM_ALERTS, STREAM_HISTORY, STREAM_DEADLETTERS):
             try:
                 info = await api.get(f"STREAM.INFO.{name}")
             except ClusterError as exc:
@@ -391,15 +403,7 @@ class ClusterView:
                 "partitions": self.layout.partitions,
                 "replicas": self.layout.replicas,
                 "streams": streams,
-                "buckets": [
-                    WORKERS,
-                    LEASES,
-                    EPISODES,
-                    ACTIVE_MODELS,
-                    ALLOCATIONS,
-                    SNAPSHOTS,
-                    MODELS,
-                ],
+                "buckets": [*BUCKETS, SNAPSHOTS, MODELS],
             },
             "unknown": unknown,  # what JetStream did not answer this time
         }
@@ -411,6 +415,10 @@ class ClusterView:
             return DEFAULT_MAX_RISK
         threshold: float = (await self.models.manifest(version))["threshold"]
         return threshold
+
+    def machine_type(self, machine: str) -> str | None:
+        twin = self.machines.get(machine)
+        return None if twin is None else twin.get("type")
 
     def machine_types(self) -> set[str]:
         return {t["type"] for t in list(self.machines.values()) if t.get("type")}
@@ -619,13 +627,38 @@ async def clear_deadletters(view: ViewDep) -> Response:
 )
 async def list_models(view: ViewDep) -> Response:
     """The active model of each scope, from the cluster's store; every worker scores with it
-    (`/cluster` shows each worker's versions). Training runs outside cluster mode: publish
-    its model with `twin cluster model push`."""
+    (`/cluster` shows each worker's versions). `training` is the cluster's last job, whichever
+    `twin api` ran it."""
     active = {}
     for version in view.models.active().values():
         manifest = await view.models.manifest(version)
         active[manifest["scope"]] = manifest
-    return json_response({"active": active, "stored": list(active.values()), "training": None})
+    return json_response(
+        {
+            "active": active,
+            "stored": await view.models.stored(),
+            "training": await view.training.job(),
+        }
+    )
+
+
+@router.post(
+    "/model/train",
+    response_model=TrainingJobPublic,
+    status_code=202,
+    dependencies=[AdminAccess],
+    tags=["model"],
+    summary="Train a model on the cluster's history (TWIN_HISTORY), in the background",
+    responses={409: problem("a job is running, or the history is still being read"), **BODY_ERRORS},
+)
+async def train(view: ViewDep, request: TrainRequest) -> Response:
+    """As `twin serve`'s, on the history the workers send to `TWIN_HISTORY`; a promoted model
+    reaches every worker. One job at a time in the cluster; progress shows on `GET /model`
+    of any instance."""
+    horizon = parse_duration(request.label_horizon)
+    response = json_response(await view.training.begin(request.site, horizon, request.force))
+    response.status_code = 202
+    return response
 
 
 @router.post(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from nats.js.errors import KeyValueError
+from nats.js.errors import KeyValueError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -82,15 +82,34 @@ class SharedModels:
             log.info("fetched model %s from %s", version, MODELS)
         return await asyncio.to_thread(Predictor.load, directory)
 
-    async def publish(self, predictor: Predictor, *, only_if_none: bool = False) -> bool:
-        """Store the model and make it its scope's active one; with `only_if_none`, only when
-        the scope has none yet (False if another one is)."""
+    async def stored(self) -> list[dict[str, Any]]:
+        """Every stored model's manifest, newest first (candidates that were not promoted
+        too)."""
+        try:
+            objects = await _ready(self._store).list(ignore_deletes=True)
+        except NotFoundError:
+            return []
+        found = [
+            await self.manifest(o.name.removesuffix(f"/{MANIFEST_FILE}"))
+            for o in objects
+            if o.name.endswith(f"/{MANIFEST_FILE}")
+        ]
+        return sorted(found, key=lambda m: m.get("created_at", ""), reverse=True)
+
+    async def publish(
+        self, predictor: Predictor, *, activate: bool = True, only_if_none: bool = False
+    ) -> bool:
+        """Store the model and, with `activate`, make it its scope's active one; with
+        `only_if_none`, only when the scope has none yet (False if another one is)."""
         directory = self.registry.root / predictor.version
         if not (directory / MANIFEST_FILE).exists():
             await asyncio.to_thread(predictor.save, directory)
         store = _ready(self._store)
         for name in (MODEL_FILE, MANIFEST_FILE):
             await store.put(f"{predictor.version}/{name}", (directory / name).read_bytes())
+        if not activate:
+            log.info("model %s stored as a candidate for %s", predictor.version, predictor.scope)
+            return False
         key, value = scope_key(predictor.scope), predictor.version.encode()
         if not only_if_none:
             await _ready(self._active).put(key, value)
