@@ -18,10 +18,13 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from twin.config import BrokerAddress
@@ -248,7 +251,12 @@ class DevicePublisher:
         loop: NetworkLoop,
         protocol: str = "5",
         max_inflight: int = 100,
+        session_expiry_s: int = 0,
+        on_delivered: Callable[[int], None] | None = None,
     ) -> None:
+        """`session_expiry_s` > 0 keeps a persistent session (MQTT 5 session expiry, or
+        3.1.1's clean session off); `on_delivered(mid)` is called, on the loop's thread, when
+        the broker has acknowledged a message."""
         self.loop = loop
         self.broker = broker
         self.topics = topics
@@ -257,6 +265,9 @@ class DevicePublisher:
         self.machine_type = machine_type
         self.protocol = protocol
         self.max_inflight = max_inflight
+        self.session_expiry_s = session_expiry_s
+        self.on_delivered = on_delivered
+        self.available = True  # what the birth says: False while the machine's source is away
         self.connected = False
         self.published = 0  # QoS 1 messages handed to paho
         self.delivered = 0  # ... and acknowledged by the broker
@@ -267,12 +278,13 @@ class DevicePublisher:
         return encode(Status(state=state, ts=int(time.time() * 1000), type=self.machine_type))
 
     def start(self) -> None:
+        v5 = self.protocol == "5"
+        persistent = self.session_expiry_s > 0
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"device-{self.site}-{self.machine}",
-            protocol=MQTTProtocolVersion.MQTTv5
-            if self.protocol == "5"
-            else MQTTProtocolVersion.MQTTv311,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else not persistent,
         )
         if self.broker.username is not None:
             client.username_pw_set(self.broker.username, self.broker.password)
@@ -285,7 +297,12 @@ class DevicePublisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         self._client = client  # before the loop starts: on_connect publishes through it
-        client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        kwargs: dict[str, Any] = {}
+        if v5 and persistent:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: no hint
+            props.SessionExpiryInterval = self.session_expiry_s
+            kwargs = {"clean_start": False, "properties": props}
+        client.connect_async(self.broker.host, self.broker.port, keepalive=30, **kwargs)
         self.loop.attach(client)
 
     def _on_connect(
@@ -295,13 +312,25 @@ class DevicePublisher:
             log.error("%s: broker refused the connection: %s", self.machine, reason_code)
             return
         self.connected = True
-        self._publish(self.topics.status(self.site, self.machine), self._status("online"), True)
+        state: Literal["online", "offline"] = "online" if self.available else "offline"
+        self._publish(self.topics.status(self.site, self.machine), self._status(state), True)
 
     def _on_disconnect(self, client: mqtt.Client, *args: Any) -> None:
         self.connected = False
 
-    def _on_publish(self, client: mqtt.Client, *args: Any) -> None:
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, *args: Any) -> None:
         self.delivered += 1
+        if self.on_delivered is not None:
+            self.on_delivered(mid)
+
+    def set_available(self, available: bool) -> None:
+        """Say `online` or `offline` (retained) for the machine's source (an OPC UA server
+        reached or lost) while the connection to the broker stays up; the birth after a
+        reconnect says the same."""
+        self.available = available
+        if self.connected:
+            state: Literal["online", "offline"] = "online" if available else "offline"
+            self._publish(self.topics.status(self.site, self.machine), self._status(state), True)
 
     def _publish(self, topic: str, payload: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
         self.published += 1
