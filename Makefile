@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the integration tests start as real servers.
 SERVICES := mosquitto influxdb victoria-metrics chromium
+# The OPC Foundation's DI, IA and Machinery nodesets (MIT) that the OPC UA gateway test's server
+# loads, from npm's node-opcua-nodesets (MIT): fetched, never committed.
+NODESETS := $(VENV)/opcua-nodesets
+NODESETS_PACKAGE := node-opcua-nodesets@2.182.0
 
 .PHONY: demo test lint services bench clean
 
@@ -33,7 +37,15 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(BIN)/.installed services lint
+$(NODESETS)/.fetched:
+	@mkdir -p $(NODESETS)
+	cd $(NODESETS) && npm pack --silent $(NODESETS_PACKAGE) >/dev/null && \
+	  tar xzf node-opcua-nodesets-*.tgz --strip-components=2 package/nodesets/Opc.Ua.Di.NodeSet2.xml \
+	    package/nodesets/Opc.Ua.IA.NodeSet2.xml package/nodesets/Opc.Ua.Machinery.NodeSet2.xml && \
+	  rm node-opcua-nodesets-*.tgz
+	touch $@
+
+test: $(BIN)/.installed services $(NODESETS)/.fetched lint
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed services
