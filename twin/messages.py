@@ -78,12 +78,18 @@ class Reading:
     seq: int | None
     values: dict[str, float]
     device_ts: bool = True  # False when the device sent no ts and receive time stands in
+    historical: bool = False  # back-filled: stats and history, never the live value
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ts": self.ts, "values": self.values}
         if self.seq is not None:
             out["seq"] = self.seq
+        if self.historical:
+            out["historical"] = True
         return out
+
+
+Property = Annotated[str, Field(max_length=1024)] | float | bool
 
 
 class Status(BaseModel):
@@ -94,6 +100,11 @@ class Status(BaseModel):
     state: Literal["online", "offline"]
     ts: int | None = None
     type: str | None = Field(default=None, min_length=1, max_length=64)
+    # What the device says of itself that is not a signal (a firmware version, a program name):
+    # the twin keeps the latest of each.
+    properties: dict[Annotated[str, Field(max_length=128)], Property] | None = Field(
+        default=None, max_length=256
+    )
 
 
 class DeviceEvent(BaseModel):
@@ -101,7 +112,8 @@ class DeviceEvent(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    type: Literal["failure", "maintenance", "error"]
+    # birth, death and rebirth_request: a connection's life, as the Sparkplug host records it
+    type: Literal["failure", "maintenance", "error", "birth", "death", "rebirth_request"]
     ts: int | None = None
     code: str = Field(min_length=1, max_length=64)
 
@@ -202,12 +214,15 @@ def _reading(item: Any, received_ms: int, max_future_ms: int) -> Reading:
     seq = item.get("seq")
     if seq is not None and (type(seq) is not int or seq < 0):
         raise _Invalid("bad_seq", "seq must be a non-negative integer")
+    historical = item.get("historical", False)
+    if type(historical) is not bool:
+        raise _Invalid("bad_value", "historical must be true or false")
     ts = item.get("ts")
     if ts is None:
-        return Reading(received_ms, seq, values, False)
-    if type(ts) is int and _MIN_EPOCH_MS <= ts <= received_ms + max_future_ms:
-        return Reading(ts, seq, values)
-    return Reading(parse_ts(ts, received_ms, max_future_ms), seq, values)
+        return Reading(received_ms, seq, values, False, historical)
+    if type(ts) is not int or not _MIN_EPOCH_MS <= ts <= received_ms + max_future_ms:
+        ts = parse_ts(ts, received_ms, max_future_ms)
+    return Reading(ts, seq, values, True, historical)
 
 
 def _pydantic_detail(exc: ValidationError) -> str:
@@ -248,6 +263,7 @@ class _WireReading(msgspec.Struct):
     values: Annotated[dict[str, float], msgspec.Meta(min_length=1)]
     ts: int | str | None = None
     seq: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    historical: bool = False
 
 
 _TELEMETRY = msgspec.json.Decoder(list[_WireReading] | _WireReading)
@@ -269,14 +285,14 @@ def _decode_telemetry_fast(payload: bytes, out: Decoded, received_ms: int, limit
             return False
         ts = item.ts
         if ts is None:
-            readings.append(Reading(received_ms, item.seq, item.values, False))
+            readings.append(Reading(received_ms, item.seq, item.values, False, item.historical))
             continue
         if type(ts) is not int or not _MIN_EPOCH_MS <= ts <= latest:
             try:
                 ts = parse_ts(ts, received_ms, limits.max_future_ms)
             except _Invalid:
                 return False
-        readings.append(Reading(ts, item.seq, item.values))
+        readings.append(Reading(ts, item.seq, item.values, True, item.historical))
     out.readings = readings
     return True
 

@@ -43,6 +43,9 @@ _SORT_ATTRIBUTES = {
 }
 
 
+MAX_PROPERTIES = 256  # a twin's properties, at most
+
+
 @dataclass(slots=True)
 class Counters:
     """Per-machine ingest counters."""
@@ -53,6 +56,7 @@ class Counters:
     gaps: int = 0
     rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)  # applied events, by type
 
 
 class MachineTwin:
@@ -73,6 +77,7 @@ class MachineTwin:
         "latest_ts",
         "machine",
         "online",
+        "properties",
         "recent",
         "revision",
         "risk",
@@ -97,6 +102,7 @@ class MachineTwin:
         self.values: dict[str, tuple[float, int]] = {}
         self.recent = RecentWindow(recent)
         self.last_events: dict[str, dict[str, Any]] = {}
+        self.properties: dict[str, str | float | bool] = {}
         self.counters = Counters()
         self.revision = 0
         self.risk: Risk | None = None  # set by twin.risk; not snapshotted (rescored)
@@ -166,6 +172,8 @@ class MachineTwin:
             counters.received += 1
             ts = reading.ts
             rows.append((ts, reading.values))
+            if reading.historical:
+                continue  # back-filled: the recent window and stats, not the live value
             if ts >= self.latest_ts:
                 # In order (the common case): newer than every live value, so take them all.
                 self.latest_ts = ts
@@ -195,11 +203,18 @@ class MachineTwin:
         self.online = status.state == "online"
         if status.type:
             self.type = status.type
+        if status.properties:
+            known = self.properties
+            for key, value in status.properties.items():
+                if key in known or len(known) < MAX_PROPERTIES:  # bounded, whatever is sent
+                    known[key] = value
         return True
 
     def apply_event(self, event: DeviceEvent) -> bool:
         assert event.ts is not None
         self.last_events[event.type] = {"code": event.code, "ts": event.ts}
+        events = self.counters.events
+        events[event.type] = events.get(event.type, 0) + 1
         self.history.event(event)
         return True
 
@@ -263,6 +278,7 @@ class MachineTwin:
             "values": {name: {"value": v, "ts": ts} for name, (v, ts) in self.values.items()},
             "stats": None,  # filled by the caller, in this place of the document
             "last_events": dict(self.last_events),
+            "properties": dict(self.properties),
             "counters": {
                 "received": c.received,
                 "duplicates": c.duplicates,
@@ -270,6 +286,7 @@ class MachineTwin:
                 "gaps": c.gaps,
                 "rejected": c.rejected,
                 "rejected_by_reason": dict(c.rejected_by_reason),
+                "events": dict(c.events),
             },
             "revision": self.revision,
             "risk": None if self.risk is None else self.risk.public(),
@@ -296,6 +313,7 @@ class MachineTwin:
             "values": self.values,
             "recent": self.recent.dump(),
             "last_events": self.last_events,
+            "properties": self.properties,
             "counters": asdict(self.counters),
             "revision": self.revision,
             "max_seq": self._max_seq,
@@ -316,6 +334,7 @@ class MachineTwin:
         twin.values = {k: (v[0], v[1]) for k, v in data["values"].items()}
         twin.recent.load(data["recent"])
         twin.last_events = data["last_events"]
+        twin.properties = data.get("properties", {})  # snapshots from before properties
         twin.counters = Counters(**data["counters"])
         twin.revision = data["revision"]
         twin._max_seq = data["max_seq"]
