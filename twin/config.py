@@ -4,16 +4,41 @@ from __future__ import annotations
 
 import re
 import socket
+import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from twin.errors import ConfigError
 
 ROLES = ("read", "operate", "admin")
 # What each role may do: operate (ack alerts, allocations) includes read; admin (models) all.
 ROLE_GRANTS = {"read": ("read",), "operate": ("read", "operate"), "admin": ROLES}
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_toml(path: Path, model: type[M]) -> M:
+    """A TOML file validated as `model`; `ConfigError` names the file and the key:
+    `gateway.toml: server[0].machine[1].signals.torque_nm: Field required`."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not TOML: {exc}") from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ""
+        for part in error["loc"]:
+            key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+        raise ConfigError(f"{path}: {key or 'the file'}: {error['msg']}") from None
 
 
 def _host_id() -> str:
@@ -50,6 +75,14 @@ class Settings(BaseSettings):
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=1)
     topic_root: str = Field(default="factory", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    # Sparkplug B 3.0 host application: a second MQTT connection to the same broker.
+    sparkplug: bool = False
+    sparkplug_host_id: str = Field(default="factory-twin", pattern=r"^[^/#+]{1,64}$")
+    sparkplug_map: Path | None = None  # TOML: groups -> sites, ids -> machines, metric names
+    sparkplug_reorder_s: float = Field(default=2.0, ge=0)  # a seq gap waits this long
+    sparkplug_rebirth_s: float = Field(default=10.0, ge=0)  # rebirth requests a node, at most
+    sparkplug_inactivity_s: float = Field(default=300.0, gt=0)  # a silent node is offline
 
     data_dir: Path = Path("twin-data")
     journal_commit_ms: int = Field(default=20, ge=1, le=1000)

@@ -21,14 +21,12 @@ are in `namespace`.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from twin.config import BrokerAddress, Settings
-from twin.errors import ConfigError
+from twin.config import BrokerAddress, Settings, read_toml
 from twin.messages import SIGNAL_NAME
 from twin.topics import SEGMENT
 
@@ -149,6 +147,11 @@ class GatewayConfig(_Strict):
                 seen.add(machine.machine)
         return self
 
+    @field_validator("mqtt_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return Settings._check_mqtt_url(value)  # as TWIN_MQTT_URL is checked
+
     @property
     def broker(self) -> BrokerAddress:
         return Settings(_env_file=None, mqtt_url=self.mqtt_url).broker  # type: ignore[call-arg]
@@ -156,27 +159,7 @@ class GatewayConfig(_Strict):
 
 def load(path: Path) -> GatewayConfig:
     """Read and validate `path`; raise `ConfigError` naming the file and the key."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not TOML: {exc}") from exc
-    try:
-        config = GatewayConfig.model_validate(data)
-        config.broker  # noqa: B018  # the URL, checked as TWIN_MQTT_URL is
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = _key(error["loc"]) or "the file"
-        raise ConfigError(f"{path}: {where}: {error['msg']}") from exc
+    config = read_toml(path, GatewayConfig)
     if not config.outbox.is_absolute():
         config = config.model_copy(update={"outbox": path.parent / config.outbox})
     return config
-
-
-def _key(loc: tuple[int | str, ...]) -> str:
-    """A pydantic location as the TOML key: server[0].machine[1].signals.torque_nm.node"""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
