@@ -8,6 +8,9 @@ SERVICES := mosquitto influxdb victoria-metrics chromium
 # loads, from npm's node-opcua-nodesets (MIT): fetched, never committed.
 NODESETS := $(VENV)/opcua-nodesets
 NODESETS_PACKAGE := node-opcua-nodesets@2.182.0
+# pysparkplug, the independent Sparkplug edge node of the Sparkplug test: it pins paho-mqtt < 2,
+# so it gets a virtual environment of its own.
+PYSPARKPLUG := $(VENV)/pysparkplug
 
 .PHONY: demo test lint services bench clean
 
@@ -45,7 +48,12 @@ $(NODESETS)/.fetched:
 	  rm node-opcua-nodesets-*.tgz
 	touch $@
 
-test: $(BIN)/.installed services $(NODESETS)/.fetched lint
+$(PYSPARKPLUG)/.installed:
+	$(PYTHON) -m venv $(PYSPARKPLUG)
+	$(PYSPARKPLUG)/bin/pip install --quiet --disable-pip-version-check 'pysparkplug==0.6.1'
+	touch $@
+
+test: $(BIN)/.installed services $(NODESETS)/.fetched $(PYSPARKPLUG)/.installed lint
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed services

@@ -52,6 +52,24 @@ class TwinCollector(Collector):
         yield single(
             gauge, "twin_mqtt_connected", "1 when connected to the broker", s.broker_connected
         )
+        if s.sparkplug is not None:
+            yield single(
+                gauge,
+                "twin_sparkplug_connected",
+                "1 when the Sparkplug host is connected",
+                s.sparkplug.connected,
+            )
+            yield single(
+                gauge, "twin_sparkplug_nodes", "Edge nodes with a live session", s.sparkplug.nodes
+            )
+            events = counter(
+                "twin_sparkplug_events",
+                "Sparkplug messages by type, rebirth requests, seq gaps, bad births",
+                labels=["event"],
+            )
+            for event, count in sorted(s.sparkplug.counts.items()):
+                events.add_metric([event], count)
+            yield events
         lag = gauge("twin_sink_lag", "Journal messages not yet sent", labels=["sink"])
         retries = counter("twin_sink_retries", "Failed writes retried", labels=["sink"])
         drops = counter("twin_sink_dropped", "Rows lost to the bound", labels=["sink"])

@@ -58,6 +58,14 @@ class OutboundStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class SparkplugStatus:
+    connected: bool
+    host_id: str
+    nodes: int  # edge nodes with a live session
+    counts: dict[str, int]  # messages by type, rebirth requests, seq gaps, bad births, ...
+
+
+@dataclass(frozen=True, slots=True)
 class TwinStatus:
     status: str  # ok | degraded
     problems: list[str]
@@ -71,3 +79,4 @@ class TwinStatus:
     stream: StreamStatus
     scoring: ScoringStatus
     outbound: OutboundStatus
+    sparkplug: SparkplugStatus | None = None  # with TWIN_SPARKPLUG=true

@@ -40,6 +40,9 @@ class CountersPublic(BaseModel):
     gaps: int = Field(description="sequence numbers skipped and not (yet) received")
     rejected: int
     rejected_by_reason: dict[str, int]
+    events: dict[str, int] = Field(
+        default_factory=dict, description="events applied, by type (births, deaths, ...)"
+    )
 
 
 class RiskPublic(BaseModel):
@@ -94,6 +97,9 @@ class MachinePublic(BaseModel):
     values: dict[str, SignalValue]
     stats: dict[str, SignalStats] = Field(description="over the recent window (stats_window_s)")
     last_events: dict[str, dict[str, Any]]
+    properties: dict[str, str | float | bool] = Field(
+        default_factory=dict, description="what the device says of itself: the latest of each"
+    )
     counters: CountersPublic
     revision: int
     risk: RiskPublic | None
@@ -150,6 +156,16 @@ class OutboundHealth(BaseModel):
     dropped: int = Field(description="messages not sent because that queue was full")
 
 
+class SparkplugHealth(BaseModel):
+    connected: bool
+    host_id: str
+    nodes: int = Field(description="edge nodes with a live session")
+    counts: dict[str, int] = Field(
+        description="messages by type (NBIRTH, DDATA, ...), rebirth_requests, seq_gaps, "
+        "bad_births, unknown_metrics, stale_deaths, state_births, ..."
+    )
+
+
 class HealthPublic(BaseModel):
     status: str = Field(description="ok, or degraded with the reason in `problems`")
     problems: list[str]
@@ -162,6 +178,9 @@ class HealthPublic(BaseModel):
     stream: StreamHealth
     scoring: ScoringHealth
     outbound: OutboundHealth
+    sparkplug: SparkplugHealth | None = Field(
+        default=None, description="the Sparkplug B host, with TWIN_SPARKPLUG=true"
+    )
 
 
 class DeadLetterPublic(BaseModel):
