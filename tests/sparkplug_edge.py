@@ -73,6 +73,7 @@ class EdgeSim:
         device: str | None = None,
         seq: int | None = None,
         ts: int | None = None,
+        qos: int = 0,
     ) -> None:
         """One message; `seq` None takes the next one (NDEATH carries none)."""
         payload = Payload(timestamp=ts or int(time.time() * 1000))
@@ -80,10 +81,10 @@ class EdgeSim:
             payload.seq = self.next_seq() if seq is None else seq
         for metric in metrics:
             payload.metrics.add(**metric)
-        info = self.client.publish(self.topic(kind, device), payload.SerializeToString(), qos=0)
+        info = self.client.publish(self.topic(kind, device), payload.SerializeToString(), qos=qos)
         info.wait_for_publish(5)
 
-    def nbirth(self, extra: list[dict[str, Any]] | None = None) -> None:
+    def nbirth(self, extra: list[dict[str, Any]] | None = None, qos: int = 0) -> None:
         self.seq = -1
         self.send(
             "NBIRTH",
@@ -92,10 +93,13 @@ class EdgeSim:
                 {"name": "Node Control/Rebirth", "datatype": BOOLEAN, "boolean_value": False},
                 *(extra or []),
             ],
+            qos=qos,
         )
 
-    def dbirth(self, device: str, metrics: list[dict[str, Any]] | None = None) -> None:
-        self.send("DBIRTH", metrics if metrics is not None else MILL_BIRTH, device)
+    def dbirth(
+        self, device: str, metrics: list[dict[str, Any]] | None = None, qos: int = 0
+    ) -> None:
+        self.send("DBIRTH", metrics if metrics is not None else MILL_BIRTH, device, qos=qos)
 
     def close(self) -> None:
         self.client.loop_stop()

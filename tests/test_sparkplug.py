@@ -104,21 +104,20 @@ class StateWatcher:
         self.client.disconnect()
 
 
-def port_of(mosquitto: Mosquitto) -> int:
-    return mosquitto.port
-
-
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_tck_host_topic_phid_birth_and_death_and_state_message_delivered(
-    mosquitto: Mosquitto, data_dir: Path
+    mosquitto: Mosquitto, data_dir: Path, protocol: str
 ) -> None:
     """tck-id-host-topic-phid-birth-{sub-required,required,topic,qos,retain,payload},
     tck-id-host-topic-phid-death-{required,qos,retain}, tck-id-message-flow-phid-sparkplug-
-    clean-session-311, tck-id-message-flow-hid-sparkplug-state-message-delivered: the STATE
-    birth is retained online, stays retained across a restart (offline while stopped, online
-    again with a new timestamp), and a STATE offline handed to the host is answered online."""
-    settings = host_settings(mosquitto, data_dir)
+    clean-session-{50,311}, tck-id-message-flow-hid-sparkplug-state-message-delivered: the
+    STATE birth is retained online, stays retained across a restart (offline while stopped,
+    online again with a new timestamp), the session is clean (what was published while the
+    host was away is not delivered to it later), and a STATE offline handed to the host is
+    answered online."""
+    settings = host_settings(mosquitto, data_dir).model_copy(update={"mqtt_protocol": protocol})
     twin = started(settings)
-    watcher = StateWatcher(port_of(mosquitto))
+    watcher = StateWatcher(mosquitto.port)
     try:
         wait_until(lambda: watcher.last() is not None, 10, "the retained STATE")
         birth, retained, qos = watcher.seen[-1]
@@ -130,6 +129,10 @@ def test_tck_host_topic_phid_birth_and_death_and_state_message_delivered(
         twin.stop()
         wait_until(lambda: (watcher.last() or {}).get("online") is False, 10, "STATE offline")
         assert watcher.last() == {"online": False, "timestamp": first}  # the will's T
+        edge = EdgeSim(mosquitto.port, "plant1", "away")  # births while the host is away
+        edge.nbirth(qos=1)
+        edge.dbirth("ghost", qos=1)
+        edge.close()
         twin = started(settings)
         wait_until(lambda: (watcher.last() or {}).get("online") is True, 10, "STATE online")
         assert watcher.last()["timestamp"] > first  # type: ignore[index]
@@ -143,6 +146,7 @@ def test_tck_host_topic_phid_birth_and_death_and_state_message_delivered(
         host = twin.sparkplug
         wait_until(lambda: host.state_births > before, 10, "the STATE republished")
         wait_until(lambda: watcher.last() == again, 10, "STATE online, retained, again")
+        assert machine(twin, "ghost") is None  # a clean session: nothing kept for the host
     finally:
         twin.stop()
         watcher.close()
@@ -275,6 +279,10 @@ def test_tck_payloads_alias_uniqueness_and_unknown_metrics_and_data_before_birth
         wait_until(lambda: edge.rebirths() == 3, 10, "a rebirth for the unknown alias")
         time.sleep(1.0)
         assert edge.rebirths() == 3
+        edge.nbirth()  # the answer to it: a new birth, and the node goes on
+        edge.dbirth("drill1", [*MILL_BIRTH, {**MILL_BIRTH[0], "name": "Feed", "alias": 99}])
+        edge.send("DDATA", [{"alias": 99, "double_value": 7.0}], "drill1")
+        wait_until(lambda: value(host, "drill1", "feed") == 7.0, 10, "alias 99 after the rebirth")
         assert host.sparkplug is not None
         counts = host.sparkplug.status().counts
         assert counts["bad_births"] == 1

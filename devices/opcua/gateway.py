@@ -326,8 +326,18 @@ class ServerLink:
                 await self._configure(client)
                 await client.connect()
                 resolved = await self._resolve(client)
-                if self.config.mode == "subscribe":
-                    await self._subscribe(client, resolved)
+                mode = self.config.mode
+                if mode == "subscribe":
+                    try:
+                        await self._subscribe(client, resolved)
+                    except UaStatusCodeError as exc:  # a server without subscriptions
+                        log.warning(
+                            "%s: subscriptions refused (%s): polling instead",
+                            self.config.endpoint,
+                            exc,
+                        )
+                        mode = "poll"
+                if mode == "subscribe":
                     waiting = asyncio.create_task(_until(lost))
                 else:
                     waiting = asyncio.create_task(self._poll(client, resolved))
@@ -339,7 +349,7 @@ class ServerLink:
                     "first time" if self.connects == 1 else f"reconnect {self.connects - 1}",
                     len(resolved),
                     len(self.bindings),
-                    "subscribed" if self.config.mode == "subscribe" else "polling",
+                    "subscribed" if mode == "subscribe" else "polling",
                 )
                 delay = 1.0
                 await waiting
