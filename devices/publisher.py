@@ -275,7 +275,9 @@ class DevicePublisher:
         self._telemetry = topics.telemetry(site, machine)
 
     def _status(self, state: Literal["online", "offline"]) -> bytes:
-        return encode(Status(state=state, ts=int(time.time() * 1000), type=self.machine_type))
+        return encode(
+            Status(state=state, ts=int(time.time() * 1000), type=self.machine_type or None)
+        )
 
     def start(self) -> None:
         v5 = self.protocol == "5"
@@ -290,9 +292,10 @@ class DevicePublisher:
             client.username_pw_set(self.broker.username, self.broker.password)
         configure_tls(client, self.broker)
         client.max_inflight_messages_set(self.max_inflight)
-        client.will_set(
-            self.topics.status(self.site, self.machine), self._status("offline"), qos=1, retain=True
-        )
+        # No ts in the will: set at connect, it would predate the birth and the twin would keep
+        # the birth (the newer status); without one, the broker's delivery time stands in.
+        will = encode(Status(state="offline", type=self.machine_type or None))
+        client.will_set(self.topics.status(self.site, self.machine), will, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

@@ -23,7 +23,9 @@ from devices.opcua.config import load
 from devices.opcua.gateway import event_time
 from tests.conftest import _missing
 from tests.services import Mosquitto, ServiceMissing, free_port, wait_until
+from twin.config import Settings
 from twin.errors import ConfigError
+from twin.service import Twin
 
 NODESETS = Path(sys.prefix) / "opcua-nodesets"  # `make test` fetches them (Makefile)
 SOURCE_LAG_MS = 5000  # tests/opcua_server.py's source timestamps lag its clock by this
@@ -84,6 +86,8 @@ class Recorder:
         self.client.loop_start()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if not message.topic.endswith(("/telemetry", "/status")) or "$twin" in message.topic:
+            return  # what a twin publishes on the same broker
         with self._lock:
             self.messages.append((message.topic, json.loads(message.payload), message.retain))
 
@@ -212,16 +216,23 @@ def test_the_gateway_rides_out_a_bad_node_a_broker_outage_and_a_server_restart(
 
 
 def test_polling_reads_in_batches_and_a_killed_gateway_leaves_its_will(
-    mosquitto: Mosquitto, opcua_server: OpcUaServer, tmp_path: Path
+    mosquitto: Mosquitto, opcua_server: OpcUaServer, tmp_path: Path, settings: Settings
 ) -> None:
     """`mode = "poll"` (for servers whose subscriptions do not work): the same readings, read
     in one request per interval; `kill -9` of the gateway: the broker sends each machine's
     last will, `offline`."""
     recorder = Recorder(mosquitto.url)
+    twin = Twin(settings.model_copy(update={"mqtt_url": mosquitto.url}))
+    twin.start()
     config = CONFIG.format(mqtt_url=mosquitto.url, endpoint=opcua_server.endpoint)
     process, log = gateway(tmp_path, config.replace('mode = "subscribe"', 'mode = "poll"'))
     try:
         wait_until(lambda: len(recorder.telemetry()) >= 10, 30, "ten polled readings")
+        # ... and in the twin, as any device's: its type from the birth, both signals.
+        wait_until(
+            lambda: len((twin.state.get("mill1") or {}).get("values", {})) == 2, 30, "the twin"
+        )
+        assert (twin.state.get("mill1") or {})["type"] == "M"
         assert "polling" in log.read_text()
         polled = recorder.telemetry()[-1]
         assert set(polled["values"]) == {"spindle_speed_rpm", "torque_nm"}
@@ -230,10 +241,12 @@ def test_polling_reads_in_batches_and_a_killed_gateway_leaves_its_will(
         process.kill()
         process.wait()
         wait_until(lambda: recorder.statuses()[-1] == "offline", 60, "the gateway's will")
+        wait_until(lambda: (twin.state.get("mill1") or {})["online"] is False, 10, "offline")
     finally:
         process.kill()
         process.wait()
         recorder.close()
+        twin.stop()
 
 
 @pytest.mark.parametrize(

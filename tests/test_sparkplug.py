@@ -372,6 +372,9 @@ MAPPING = """
 [signals]
 "Spindle/Temperature" = { signal = "process_temp_k", offset = 273.15 }
 "Spindle/Speed" = "rotational_speed_rpm"
+"Ambient/Temperature" = "air_temp_k"
+"Spindle/Torque" = "torque_nm"
+"Tool/Wear" = "tool_wear_min"
 """
 
 
@@ -385,12 +388,19 @@ def test_a_mapping_file_names_sites_machines_and_signals(
     edge = EdgeSim(mosquitto.port, "Plant 1", "edge5")
     try:
         edge.nbirth()
-        edge.dbirth("Mill 5", [{**MILL_BIRTH[1], "double_value": 37.0}, MILL_BIRTH[0]])
+        more = [
+            {"name": "Ambient/Temperature", "alias": 6, "datatype": DOUBLE, "double_value": 300.0},
+            {"name": "Spindle/Torque", "alias": 7, "datatype": DOUBLE, "double_value": 40.0},
+            {"name": "Tool/Wear", "alias": 8, "datatype": DOUBLE, "double_value": 20.0},
+        ]
+        edge.dbirth("Mill 5", [{**MILL_BIRTH[1], "double_value": 37.0}, MILL_BIRTH[0], *more])
         wait_until(lambda: value(twin, "mill5", "rotational_speed_rpm") == 1500.0, 10, "mapped")
         mill = machine(twin, "mill5")
         assert mill is not None
         assert (mill["site"], mill["type"]) == ("plant1", "M")
         assert value(twin, "mill5", "process_temp_k") == pytest.approx(310.15)
+        # The AI4I signals, so the default model scores it like any machine.
+        wait_until(lambda: (machine(twin, "mill5") or {}).get("risk") is not None, 10, "a risk")
     finally:
         edge.close()
         twin.stop()
