@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,15 +267,15 @@ class Nodes:
         now: int,
         result: Result,
     ) -> None:
-        site = self.mapping.site(node.group)
-        machine, machine_type = self.mapping.machine(node.group, node.edge, device)
+        _, machine_type = self.mapping.machine(node.group, node.edge, device)
         status: dict[str, Any] = {"state": "online", "ts": now}
         if machine_type:
             status["type"] = machine_type
-        result.messages.append((self.topics.status(site, machine), _json(status)))
+        self._send(self.topics.status, node, device, status, result)
         self._values(node, device, payload, now, result)
-        event = {"type": "birth", "code": code, "ts": now}
-        result.messages.append((self.topics.event(site, machine), _json(event)))
+        self._send(
+            self.topics.event, node, device, {"type": "birth", "code": code, "ts": now}, result
+        )
 
     def _ndeath(self, node: Node, payload: Any, now: int, result: Result) -> None:
         bdseq = None
@@ -299,16 +300,10 @@ class Nodes:
 
     def _offline(self, node: Node, device: str | None, code: str, now: int, result: Result) -> None:
         """The device's machine (or, for None, every machine of the node) offline."""
-        site = self.mapping.site(node.group)
-        devices: list[str | None] = [device] if device is not None else [*sorted(node.devices)]
-        if device is None and node.own_metrics:
-            devices.append(None)
-        for each in devices:
-            machine, _ = self.mapping.machine(node.group, node.edge, each)
-            status = {"state": "offline", "ts": now}
-            result.messages.append((self.topics.status(site, machine), _json(status)))
+        for each in [device] if device is not None else self._machines(node):
+            self._send(self.topics.status, node, each, {"state": "offline", "ts": now}, result)
             event = {"type": "death", "code": code, "ts": now}
-            result.messages.append((self.topics.event(site, machine), _json(event)))
+            self._send(self.topics.event, node, each, event, result)
         if device is None:
             node.devices.clear()
 
@@ -364,8 +359,6 @@ class Nodes:
                 readings.setdefault((ts, historical), {})[signal] = value
             else:
                 properties[defined.name] = value
-        site = self.mapping.site(node.group)
-        machine, _ = self.mapping.machine(node.group, node.edge, device)
         if readings:
             batch = [
                 {"ts": ts, "values": values, "historical": True}
@@ -375,10 +368,10 @@ class Nodes:
             ]
             for start in range(0, len(batch), _MAX_BATCH):
                 chunk = batch[start : start + _MAX_BATCH]
-                result.messages.append((self.topics.telemetry(site, machine), _json(chunk)))
+                self._send(self.topics.telemetry, node, device, chunk, result)
         if properties:
             status = {"state": "online", "ts": now, "properties": properties}
-            result.messages.append((self.topics.status(site, machine), _json(status)))
+            self._send(self.topics.status, node, device, status, result)
         if unknown:
             self.counts["unknown_metrics"] += len(unknown)
             why = f"{len(unknown)} unknown, the first {unknown[0]!r}"
@@ -393,15 +386,29 @@ class Nodes:
         node.rebirth_at = now
         self.counts["rebirth_requests"] += 1
         result.rebirths.append((node.group, node.edge, f"{code.replace('_', ' ')}: {why}"))
-        site = self.mapping.site(node.group)
-        machine, _ = self.mapping.machine(node.group, node.edge, None)
-        if node.own_metrics:
-            event = {"type": "rebirth_request", "code": code, "ts": now}
-            result.messages.append((self.topics.event(site, machine), _json(event)))
-        for device in sorted(node.devices):
-            machine, _ = self.mapping.machine(node.group, node.edge, device)
-            event = {"type": "rebirth_request", "code": code, "ts": now}
-            result.messages.append((self.topics.event(site, machine), _json(event)))
+        event = {"type": "rebirth_request", "code": code, "ts": now}
+        for each in self._machines(node):
+            self._send(self.topics.event, node, each, event, result)
+
+    # -- out ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _machines(node: Node) -> list[str | None]:
+        """Every machine of the node: its born devices, and itself if it has metrics of its
+        own (None)."""
+        return [*sorted(node.devices), *([None] if node.own_metrics else [])]
+
+    def _send(
+        self,
+        topic: Callable[[str, str], str],
+        node: Node,
+        device: str | None,
+        body: Any,
+        result: Result,
+    ) -> None:
+        """A contract message for the machine of `device` (None: the edge node itself)."""
+        machine, _ = self.mapping.machine(node.group, node.edge, device)
+        result.messages.append((topic(self.mapping.site(node.group), machine), _json(body)))
 
 
 def rebirth_payload(now: int) -> bytes:
