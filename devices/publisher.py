@@ -274,10 +274,10 @@ class DevicePublisher:
         self._client: mqtt.Client | None = None
         self._telemetry = topics.telemetry(site, machine)
 
-    def _status(self, state: Literal["online", "offline"]) -> bytes:
-        return encode(
-            Status(state=state, ts=int(time.time() * 1000), type=self.machine_type or None)
-        )
+    def _say(self, state: Literal["online", "offline"]) -> mqtt.MQTTMessageInfo:
+        """Publish the machine's status, retained, stamped now."""
+        status = Status(state=state, ts=int(time.time() * 1000), type=self.machine_type or None)
+        return self._publish(self.topics.status(self.site, self.machine), encode(status), True)
 
     def start(self) -> None:
         v5 = self.protocol == "5"
@@ -315,8 +315,7 @@ class DevicePublisher:
             log.error("%s: broker refused the connection: %s", self.machine, reason_code)
             return
         self.connected = True
-        state: Literal["online", "offline"] = "online" if self.available else "offline"
-        self._publish(self.topics.status(self.site, self.machine), self._status(state), True)
+        self._say("online" if self.available else "offline")
 
     def _on_disconnect(self, client: mqtt.Client, *args: Any) -> None:
         self.connected = False
@@ -332,8 +331,7 @@ class DevicePublisher:
         reconnect says the same."""
         self.available = available
         if self.connected:
-            state: Literal["online", "offline"] = "online" if available else "offline"
-            self._publish(self.topics.status(self.site, self.machine), self._status(state), True)
+            self._say("online" if available else "offline")
 
     def _publish(self, topic: str, payload: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
         self.published += 1
@@ -374,9 +372,7 @@ class DevicePublisher:
         """Publish `offline` (retained) before a clean disconnect; None when not connected."""
         if not self.connected:
             return None
-        return self._publish(
-            self.topics.status(self.site, self.machine), self._status("offline"), True
-        )
+        return self._say("offline")
 
     def disconnect(self) -> None:
         """Stop reconnecting and close the connection (the loop writes the DISCONNECT)."""
