@@ -205,7 +205,8 @@ class ClusterTraining:
         return started
 
     async def _report(self, job: dict[str, Any]) -> None:
-        """Rewrite the job's record while it runs, and once when it ends."""
+        """Rewrite the job's record while it runs, and until its end is written (a lost last
+        write would leave it running, and then stale: reported failed though it finished)."""
         kv, _ = self._ready()
         while True:
             running = job["state"] == "running"
@@ -213,8 +214,9 @@ class ClusterTraining:
                 await kv.put(JOB_KEY, _encode(job))
             except Exception as exc:  # the next round writes it again
                 log.warning("could not write the training job's record: %s", exc)
-            if not running:
-                break
+            else:
+                if not running:
+                    break
             await asyncio.sleep(REPORT_S)
         log.info("training job %d for %s: %s", job["id"], job["scope"], job["state"])
 
