@@ -68,8 +68,7 @@ class Binding:
 @dataclass
 class Counters:
     values: int = 0  # Good values taken
-    bad: int = 0  # values whose status was not Good
-    not_numeric: int = 0
+    bad: int = 0  # values whose status was not Good, or that were not numbers
     delivered: int = 0  # readings the broker acknowledged
 
 
@@ -114,7 +113,7 @@ class Gateway:
         self._inflight: dict[tuple[str, int], int] = {}  # (machine, mid) -> outbox row id
         self._last_sent = 0  # the outbox row id published last
         self._wake = asyncio.Event()
-        self._dropped_logged = 0
+        self._dropped_logged = float("-inf")  # when drops were last logged
 
     def _publisher(self, machine: MachineConfig, network: NetworkLoop) -> DevicePublisher:
         def delivered(mid: int) -> None:
@@ -177,7 +176,6 @@ class Gateway:
             return
         number = numeric(data.Value.Value if data.Value is not None else None)
         if number is None:
-            self.counters.not_numeric += 1
             self._bad(binding, "not a number")
             return
         self.counters.values += 1
@@ -216,7 +214,7 @@ class Gateway:
             return
         dropped = self.outbox.put(items)
         if dropped and time.monotonic() - self._dropped_logged > _BAD_LOG_S:
-            self._dropped_logged = int(time.monotonic())
+            self._dropped_logged = time.monotonic()
             log.warning(
                 "the outbox holds %d readings: dropped the oldest (%d so far)",
                 self.outbox.max_rows,
