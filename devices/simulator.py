@@ -45,6 +45,9 @@ class Machine:
         init=False, default=0.0
     )  # process temperature's walk around air + 10 K
     tool_wear_min: int = 0
+    # A due tool is replaced without a failure (the data set's scheduled replacement); False
+    # leaves maintenance to the caller (`service`), as a maintenance policy would.
+    auto_tool_change: bool = True
     rng: random.Random = field(init=False)
     _tool_life: int = field(init=False)
 
@@ -101,12 +104,15 @@ class Machine:
         events = [Event("failure", mode) for mode in modes]
         if rng.random() < 0.002 + (0.02 if modes else 0.0):
             events.insert(0, Event("error", rng.choice(_ERROR_CODES)))
-        if tool_due or "TWF" in modes or "OSF" in modes:
-            # Repair or scheduled replacement: a fresh tool.
-            events.append(Event("maintenance", "tool_change"))
-            self.tool_wear_min = 0
-            self._tool_life = rng.randint(200, 240)
+        if (tool_due and self.auto_tool_change) or "TWF" in modes or "OSF" in modes:
+            events.append(self.service())  # repair or scheduled replacement
         return events
+
+    def service(self) -> Event:
+        """A tool change: a fresh tool, with a tool life of its own."""
+        self.tool_wear_min = 0
+        self._tool_life = self.rng.randint(200, 240)
+        return Event("maintenance", "tool_change")
 
 
 def make_fleet(count: int, seed: int, prefix: str = "m") -> list[Machine]:

@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     history_bucket_s: int = Field(default=300, ge=1, le=86_400)
     alert_rules: Path | None = None  # a TOML file of [[rule]] tables, added to the defaults
     alert_retention_s: float = Field(default=7 * 24 * 3600, gt=0)
+    controls: Path | None = None  # TOML: the signals setpoint advice may change, per type
     twin_publish_interval_s: float = Field(default=1.0, ge=0)  # retained twin states, per machine
     twin_publish_max_per_s: float = Field(default=2000.0, ge=0)  # fleet-wide; 0: no budget
     stream_buffer: int = Field(default=1000, ge=1)  # events a /stream client may fall behind

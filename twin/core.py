@@ -22,6 +22,7 @@ from twin.model import Registry
 from twin.model.fleet import FEATURE_WINDOW_MS
 from twin.outbound import Outbound, Publish
 from twin.planning import AllocationLedger
+from twin.planning.schedule import MaintenanceSchedule
 from twin.risk import RiskListener, RiskScorer
 from twin.state import FleetState, MachineTwin
 from twin.stream import EventHub
@@ -63,6 +64,7 @@ class Core:
         risk_listeners: Sequence[RiskListener] = (),
         alert_listeners: Sequence[AlertListener] = (),
         episodes: Episodes | None = None,
+        schedule: MaintenanceSchedule | None = None,
     ) -> None:
         s = settings
         self.state = state
@@ -82,13 +84,14 @@ class Core:
         self.scorer = RiskScorer(
             state, self.registry, s.score_interval_ms / 1000, listeners=risk_listeners
         )
-        self.planner = AllocationLedger(state, self.scorer, self.hub)
+        self.planner = AllocationLedger(state, self.scorer, self.hub, schedule)
         self.alerts = AlertManager(
             state,
             AlertStore(alert_store),
             s.alert_retention_s,
             listeners=[self.outbound.alert, *alert_listeners, self.planner.on_alert],
             episodes=episodes,
+            schedule=schedule,
         )
 
     def apply(self, raws: Sequence[RawMessage]) -> set[MachineTwin]:

@@ -200,6 +200,18 @@ class LiveHistory:
             self.maintenance[event.code] = max(event.ts, self.maintenance.get(event.code, 0))
         self._outbox.event((self.machine, self.site, event))
 
+    def fork(self) -> LiveHistory:
+        """A copy that can be fed without touching this one (what-if and forecasts): what it
+        closes goes to an outbox of its own, which nothing drains."""
+        copy = LiveHistory(self.machine, self.site, self._policy, HistoryOutbox())
+        copy._bucket, copy._bucket_end = self._bucket, self._bucket_end
+        copy._acc = {name: list(slot) for name, slot in self._acc.items()}
+        copy._seen, copy._stride, copy._next_sample = self._seen, self._stride, self._next_sample
+        copy.buckets = list(self.buckets)  # buckets are immutable
+        copy.errors = list(self.errors)
+        copy.maintenance = dict(self.maintenance)
+        return copy
+
     def events(self) -> list[tuple[int, str, str]]:
         """(ts, type, code) of the errors and last maintenance events in the window, by time."""
         events = [(ts, "error", code) for ts, code in self.errors]

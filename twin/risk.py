@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from twin.history import LiveHistory
 from twin.model import (
     BUNDLED_CSV,
     DEFAULT_SCOPE,
@@ -71,6 +72,33 @@ RiskListener = Callable[[list[tuple[str, str, Risk]]], None]
 
 def site_scope(site: str) -> str:
     return f"site:{site}"
+
+
+def model_for(models: Mapping[str, Predictor], site: str) -> Predictor | None:
+    """The model that scores a machine of `site`: its site's, else the default one."""
+    return models.get(site_scope(site)) or models.get(DEFAULT_SCOPE)
+
+
+def model_row(
+    model: Predictor,
+    live: Mapping[str, float],
+    machine_type: str | None,
+    history: LiveHistory,
+    ts: int,
+) -> tuple[list[float] | None, str | None]:
+    """A machine's feature row for `model` at event time `ts`, or None and why not. The one
+    place live scoring, what-if and forecasts build rows."""
+    if model.kind != "fleet":
+        missing = missing_signals(live)
+        if missing:
+            return None, f"missing signals: {', '.join(missing)}"
+        return feature_row(live, machine_type), None
+    spec = FleetSpec.from_json(model.manifest["fleet"])
+    absent = [s for s in spec.signals if s not in live]
+    if absent:
+        return None, f"missing signals: {', '.join(absent)}"
+    data = series(list(history.buckets), history.events())
+    return list(features(spec, data, np.asarray([ts]), dict(live))[0]), None
 
 
 class RiskScorer:
@@ -158,25 +186,10 @@ class RiskScorer:
             self._score(dirty)
         return dirty
 
-    def _model_for(self, models: dict[str, Predictor], twin: MachineTwin) -> Predictor | None:
-        return models.get(site_scope(twin.site)) or models.get(DEFAULT_SCOPE)
-
     @staticmethod
     def _row(model: Predictor, twin: MachineTwin) -> tuple[list[float] | None, str | None]:
-        """The twin's feature row for `model`, or None and why not."""
         live = {k: v for k, (v, _) in twin.values.items()}
-        if model.kind != "fleet":
-            missing = missing_signals(twin.values)
-            if missing:
-                return None, f"missing signals: {', '.join(missing)}"
-            return feature_row(live, twin.type), None
-        spec = FleetSpec.from_json(model.manifest["fleet"])
-        missing = [s for s in spec.signals if s not in live]
-        if missing:
-            return None, f"missing signals: {', '.join(missing)}"
-        history = twin.history
-        data = series(list(history.buckets), history.events())
-        return list(features(spec, data, np.asarray([twin.latest_ts]), live)[0]), None
+        return model_row(model, live, twin.type, twin.history, twin.latest_ts)
 
     def _score(self, twins: Iterable[MachineTwin]) -> None:
         started = time.perf_counter()
@@ -184,7 +197,7 @@ class RiskScorer:
         batches: dict[str, tuple[Predictor, list[MachineTwin], list[list[float]]]] = {}
         unscored: list[tuple[MachineTwin, Risk | None, str | None]] = []
         for twin in twins:
-            model = self._model_for(models, twin)
+            model = model_for(models, twin.site)
             if model is None:
                 unscored.append((twin, None, "no active model"))
                 continue

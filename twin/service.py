@@ -4,6 +4,8 @@
     Sparkplug B (TWIN_SPARKPLUG) -> SparkplugHost -> Inbox (the contract's messages)
          -> Core.react: RiskScorer -> AlertManager -> Outbound (MQTT twin/alert, /stream) + sinks
     Journal -> Forwarder (one per sink) -> InfluxDB;  FleetState -> the HTTP API
+    FleetState snapshots -> Foresight (what-if, forecast, advice, maintenance plans)
+         -> MaintenanceSchedule -> AlertManager (maintenance_due) + AllocationLedger
 
 Every collaborator is passed to a constructor; nothing is wired by assignment afterwards.
 """
@@ -20,11 +22,13 @@ from twin.backup import DataDirLock
 from twin.config import Settings
 from twin.core import Core, fleet_state, limits_of
 from twin.deadletters import DeadLetters
+from twin.foresight import Foresight, load_controls
 from twin.forwarder import Forwarder
 from twin.history import HistoryOutbox, HistoryStore
 from twin.ingest import Ingest
 from twin.journal import Journal
 from twin.pipeline import Inbox, Pipeline
+from twin.planning.schedule import MaintenanceSchedule
 from twin.sparkplug.host import SparkplugHost
 from twin.status import ReadingTotals, ScoringStatus, StreamStatus, TwinStatus
 from twin.timeseries import History
@@ -48,6 +52,7 @@ class Twin:
         self.state = fleet_state(s, outbox)
         self.journal = Journal(s.journal_path, s.journal_max_rows, s.journal_sync)
         self.history_store = HistoryStore(s.journal_path)
+        self.schedule = MaintenanceSchedule(s.journal_path)  # accepted maintenance windows
         self.deadletters = DeadLetters(s.deadletter_max)
 
         # The front end: MQTT in, into the inbox; MQTT out, for the outbound side.
@@ -82,6 +87,7 @@ class Twin:
             s.journal_path,
             risk_listeners=[f.risks for f in self.forwarders],
             alert_listeners=[f.alert for f in self.forwarders],
+            schedule=self.schedule,
         )
         self.hub, self.registry, self.scorer = self.core.hub, self.core.registry, self.core.scorer
         self.planner, self.alerts = self.core.planner, self.core.alerts
@@ -99,7 +105,11 @@ class Twin:
             snapshot_interval_s=s.snapshot_interval_s,
         )
 
-        # Beside the flow: training, and history read back for the API.
+        # Beside the flow: the twin as a simulator (what-if, forecasts, advice, maintenance
+        # plans) on detached snapshots; training; history read back for the API.
+        self.foresight = Foresight(
+            self.state, self.scorer, load_controls(s.controls), self.schedule
+        )
         home = LocalModels(self.registry, self.scorer, self.state)
         self.trainer = Trainer(self.history_store, home, s.history_bucket_s * 1000)
         self.history = History(self.state, sinks.reader(s))
@@ -120,6 +130,7 @@ class Twin:
         try:
             self.journal.open()
             self.alerts.open(rules)
+            self.schedule.open()
             self.history_store.open()
             self.scorer.start()
             self.pipeline.start()
@@ -150,6 +161,7 @@ class Twin:
         for forwarder in self.forwarders:
             forwarder.stop()
         self.history_store.close()
+        self.schedule.close()
         self.alerts.close()
         self.journal.close()
         self.lock.release()

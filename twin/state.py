@@ -367,6 +367,24 @@ class Detached:
 
 
 @dataclass(frozen=True, slots=True)
+class MachineSnapshot:
+    """One machine as the models see it, copied out under the lock for what-if and forecasts:
+    its history is a fork that can be fed without touching the twin."""
+
+    machine: str
+    site: str
+    type: str | None
+    online: bool | None
+    latest_ts: int
+    values: dict[str, float]
+    rows: list[tuple[int, dict[str, float]]]  # the recent window, oldest first
+    history: LiveHistory
+    last_events: dict[str, dict[str, Any]]
+    risk: Risk | None
+    risk_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class TwinSummary:
     """What planning needs of one twin, copied out under the lock."""
 
@@ -478,6 +496,26 @@ class FleetState:
             if twin is None:
                 return None
             return sorted(twin.values), twin.recent.rows()
+
+    def snapshot(self, machine: str) -> MachineSnapshot | None:
+        """One machine detached from the live state; None if it never reported."""
+        with self._lock:
+            t = self._machines.get(machine)
+            if t is None:
+                return None
+            return MachineSnapshot(
+                t.machine,
+                t.site,
+                t.type,
+                t.online,
+                t.latest_ts,
+                {name: value for name, (value, _) in t.values.items()},
+                t.recent.rows(),
+                t.history.fork(),
+                {kind: dict(event) for kind, event in t.last_events.items()},
+                t.risk,
+                t.risk_reason,
+            )
 
     def machine_type(self, machine: str) -> str | None:
         with self._lock:

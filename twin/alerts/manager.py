@@ -13,13 +13,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twin.alerts.alert import SEVERITIES, Alert, Severity
 from twin.alerts.rules import Rule
 from twin.alerts.store import AlertStore
 from twin.errors import NotFound
 from twin.state import FleetState, MachineTwin
+
+if TYPE_CHECKING:
+    from twin.planning.schedule import MaintenanceSchedule
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ class Episodes(Protocol):
         """The episode is over."""
 
 
-_TIMED = ("offline", "stale")  # kinds whose condition can change with time alone
+_TIMED = ("offline", "stale", "maintenance")  # kinds whose condition can change with time alone
 
 
 class AlertManager:
@@ -53,9 +57,11 @@ class AlertManager:
         retention_s: float,
         listeners: Sequence[Listener] = (),
         episodes: Episodes | None = None,
+        schedule: MaintenanceSchedule | None = None,
     ) -> None:
         self.state = state
         self.episodes = episodes
+        self.schedule = schedule  # accepted maintenance windows, for `maintenance` rules
         self.store = store
         self.retention_ms = int(retention_s * 1000)
         self.listeners = tuple(listeners)
@@ -165,6 +171,17 @@ class AlertManager:
                 "model_version": risk.model_version,
             }
             return p >= limit, p, context
+        if rule.kind == "maintenance":
+            if self.schedule is None:
+                return False, None, {}
+            serviced = twin.last_events.get("maintenance")
+            window = self.schedule.due(twin.machine, now, serviced["ts"] if serviced else None)
+            if window is None:
+                return False, None, {}
+            start = datetime.fromtimestamp(window.start_ms / 1000, UTC).isoformat(
+                timespec="seconds"
+            )
+            return True, None, {"action": window.action, "start": start, "window": window.id}
         if rule.kind == "offline":
             silent = now - twin.last_seen > rule.timeout_s * 1000
             return twin.online is False or silent, None, {}

@@ -3,8 +3,10 @@
 Rule kinds: `threshold` (a signal above or below a level, with a `clear` level for hysteresis),
 `all` / `any` (combinations of conditions), `risk` (failure probability at or above the model's
 threshold, tied to the model version), `offline` (an `offline` status, or no message for
-`timeout_s`), `stale` (a signal whose value has not changed for `stale_s`). Any rule may ask its
-condition to hold `for_s` seconds first, and may `escalate` its severity at higher levels.
+`timeout_s`), `stale` (a signal whose value has not changed for `stale_s`), `maintenance` (an
+accepted maintenance window has started and the machine has not reported the service). Any rule
+may ask its condition to hold `for_s` seconds first, and may `escalate` its severity at higher
+levels.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    kind: Literal["threshold", "all", "any", "risk", "offline", "stale"]
+    kind: Literal["threshold", "all", "any", "risk", "offline", "stale", "maintenance"]
     severity: Severity = "major"
     message: str = "{machine}: {rule}"
     signal: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]{0,63}$")
@@ -102,6 +104,12 @@ DEFAULT_RULES = [
         severity="major",
         timeout_s=300,
         message="{machine} is offline",
+    ),
+    Rule(
+        id="maintenance_due",
+        kind="maintenance",
+        severity="warning",
+        message="{machine}: {action} due since {start} (maintenance window {window})",
     ),
     Rule(
         id="tool_wear_high",

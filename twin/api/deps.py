@@ -15,6 +15,7 @@ from twin.alerts import AlertManager
 from twin.api.schemas import Problem
 from twin.config import Settings
 from twin.deadletters import DeadLetters
+from twin.foresight import Foresight
 from twin.model import Registry
 from twin.planning import AllocationLedger
 from twin.risk import RiskScorer
@@ -79,6 +80,7 @@ TrainerDep = Annotated[Trainer, Depends(_part(lambda t: t.trainer))]
 DeadLettersDep = Annotated[DeadLetters, Depends(_part(lambda t: t.deadletters))]
 HubDep = Annotated[EventHub, Depends(_hub)]
 HistoryDep = Annotated[History, Depends(_part(lambda t: t.history))]
+ForesightDep = Annotated[Foresight, Depends(_part(lambda t: t.foresight))]
 StatusDep = Annotated[TwinStatus, Depends(_part(lambda t: t.status()))]
 
 _bearer = HTTPBearer(

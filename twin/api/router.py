@@ -17,8 +17,10 @@ from twin.api import (
     allocations,
     dashboard,
     deadletters,
+    foresight,
     health,
     machines,
+    maintenance,
     metrics,
     model,
     stream,
@@ -109,7 +111,8 @@ def install(app: FastAPI, twin: Service) -> None:
     app.include_router(metrics.router)
     metrics.install_metrics(app)
     dashboard.install_dashboard(app)
-    for resource in (machines, alerts, allocations, stream, model, deadletters):
+    resources = (machines, foresight, maintenance, alerts, allocations, stream, model, deadletters)
+    for resource in resources:
         app.include_router(resource.router, dependencies=[ReadAccess], responses=ACCESS_ERRORS)
     install_errors(app)
     if settings.cors_origins:

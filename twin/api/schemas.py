@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -205,6 +205,15 @@ class Cleared(BaseModel):
     cleared: int
 
 
+def _duration(value: str) -> str:
+    """A field that must parse as a duration."""
+    try:
+        parse_duration(value)
+    except BadDuration as exc:
+        raise ValueError(str(exc)) from None  # pydantic reports ValueErrors as 422 details
+    return value
+
+
 class TrainRequest(RequestModel):
     site: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="train a model for one site"
@@ -216,14 +225,7 @@ class TrainRequest(RequestModel):
     )
     force: bool = Field(default=False, description="promote even if worse than the active model")
 
-    @field_validator("label_horizon")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        try:
-            parse_duration(value)
-        except BadDuration as exc:
-            raise ValueError(str(exc)) from None  # pydantic reports ValueErrors as 422 details
-        return value
+    _label_horizon = field_validator("label_horizon")(_duration)
 
 
 class TrainingJobPublic(BaseModel):
@@ -377,3 +379,157 @@ class PlanPublic(BaseModel):
         description="{site, capacity, used, binding, shadow_price}: what one more unit would save"
     )
     solver: dict[str, Any]
+
+
+_SIGNAL = r"^[a-z][a-z0-9_]{0,63}$"
+_ACTION = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class ScoredPublic(BaseModel):
+    probability: float
+    threshold: float
+    model_version: str
+    contributions: dict[str, float] = Field(description="feature group -> share of the logit")
+
+
+class WhatIfRequest(RequestModel):
+    values: dict[str, float] = Field(
+        default_factory=dict, max_length=64, description="signal -> the value to try"
+    )
+    events: list[str] = Field(
+        default_factory=list, max_length=8, description="maintenance actions done first"
+    )
+    operate_min: float = Field(
+        default=0, ge=0, le=7 * 24 * 60, description="minutes of operation rolled forward"
+    )
+
+
+class WhatIfPublic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    machine: str
+    now: ScoredPublic
+    whatif: ScoredPublic
+
+
+class ForecastPoint(BaseModel):
+    t_min: float
+    probability: float = Field(description="of a failure within probability_window_min")
+    low: float
+    high: float
+    expected_failures: float = Field(description="summed chance of a failure per step so far")
+
+
+class SigmoidFit(BaseModel):
+    theta: float = Field(description="per minute")
+    t0_min: float | None
+    rmse: float
+
+
+class ForecastPublic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    machine: str
+    method: str = Field(description="process_model or trend")
+    threshold: float
+    probability_window_min: float | None
+    points: list[ForecastPoint]
+    crosses_threshold_at_min: float | None
+    p_t_fit: SigmoidFit
+
+
+class AdviceRequest(RequestModel):
+    target: float | None = Field(default=None, gt=0, lt=1, description="default: the threshold")
+    controllable: dict[str, Annotated[list[float], Field(min_length=2, max_length=2)]] | None = (
+        Field(
+            default=None,
+            max_length=4,
+            description="signal -> [low, high]; default: TWIN_CONTROLS for the machine's type",
+        )
+    )
+
+
+class AdvicePublic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    machine: str
+    target: float
+    feasible: bool
+    change: dict[str, dict[str, float]] | None = Field(description="signal -> {from, to, delta}")
+    advice: str
+    now: ScoredPublic
+
+
+class ActionIn(RequestModel):
+    name: str = Field(pattern=_ACTION)
+    duration_min: float = Field(gt=0, le=7 * 24 * 60)
+
+
+class CostsIn(RequestModel):
+    failure: float = Field(ge=0)
+    maintenance: float = Field(ge=0)
+    downtime_per_h: float = Field(ge=0)
+
+
+class MaintenancePlanRequest(RequestModel):
+    horizon: str = Field(default="8h", description="like '8h' or '2d'")
+    step: str = Field(default="10m", description="the slot: services start on slot boundaries")
+    crews: int = Field(default=1, ge=1, le=10_000, description="machines in service at once")
+    actions: list[ActionIn] = Field(
+        default_factory=lambda: [ActionIn(name="tool_change", duration_min=30)],
+        min_length=1,
+        max_length=8,
+    )
+    costs: CostsIn = Field(
+        default_factory=lambda: CostsIn(failure=10_000, maintenance=200, downtime_per_h=300)
+    )
+    machines: list[str] | None = Field(default=None, max_length=10_000)
+    site: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    baseline_interval_min: float = Field(
+        default=200, gt=0, description="the fixed-interval baseline's service interval"
+    )
+
+    _horizon = field_validator("horizon", "step")(_duration)
+
+    @field_validator("actions")
+    @classmethod
+    def _unique_actions(cls, actions: list[ActionIn]) -> list[ActionIn]:
+        if len({a.name for a in actions}) != len(actions):
+            raise ValueError("action names must be unique")
+        return actions
+
+
+class MaintenancePlanPublic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    created_at: int
+    accepted_at: int | None
+    horizon_min: float
+    step_min: float
+    crews: int
+    windows: list[dict[str, Any]] = Field(
+        description="{machine, site, action, start_min, end_min, reason}"
+    )
+    objective: dict[str, Any]
+    baselines: dict[str, Any] = Field(description="run_to_failure, fixed_interval")
+    solver: dict[str, Any]
+    skipped: list[dict[str, Any]] = Field(description="machines left out, and why")
+
+
+class MaintenanceWindowPublic(BaseModel):
+    id: int
+    plan: int
+    machine: str
+    site: str
+    action: str
+    start_ms: int
+    end_ms: int
+    state: str = Field(description="scheduled, due, done or superseded")
+    accepted_at: int
+    done_at: int | None
+    reason: dict[str, Any]
+
+
+class MaintenancePage(BaseModel):
+    items: list[MaintenanceWindowPublic]

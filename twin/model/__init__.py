@@ -3,7 +3,7 @@
 The only package that imports scikit-learn and joblib.
 """
 
-from twin.model.features import FEATURES, feature_row, missing_signals
+from twin.model.features import FEATURES, feature_matrix, feature_row, missing_signals
 from twin.model.predictor import ModelMismatch, Predictor
 from twin.model.registry import DEFAULT_SCOPE, Registry
 from twin.model.training import (
@@ -26,6 +26,7 @@ __all__ = [
     "Predictor",
     "Registry",
     "TrainingDataError",
+    "feature_matrix",
     "feature_row",
     "fit",
     "fit_threshold",

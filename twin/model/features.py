@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 
 from twin.messages import CANONICAL_SIGNALS
 
@@ -19,6 +22,18 @@ FEATURES: tuple[str, ...] = (*CANONICAL_SIGNALS, *DERIVED, "type_l", "type_m", "
 
 def feature_row(values: Mapping[str, float], machine_type: str | None) -> list[float]:
     """One feature row; raises `KeyError` naming the first missing canonical signal."""
+    row: list[float] = feature_columns(values, machine_type)
+    return row
+
+
+def feature_matrix(values: Mapping[str, np.ndarray], machine_type: str | None) -> np.ndarray:
+    """Many rows at once from a column of values per signal (forecasts score thousands)."""
+    columns = np.broadcast_arrays(*feature_columns(values, machine_type))
+    return np.column_stack(columns)
+
+
+def feature_columns(values: Mapping[str, Any], machine_type: str | None) -> list[Any]:
+    """The features from numbers or from arrays of them: the one place they are defined."""
     air = values["air_temp_k"]
     process = values["process_temp_k"]
     speed = values["rotational_speed_rpm"]

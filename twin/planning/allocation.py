@@ -1,7 +1,8 @@
 """Allocating production tasks to machines by their live health.
 
 A task may go to a machine that is online, below the risk limit, and of the required type and
-site. The assignment minimises, in this order of weight: tasks left unassigned (by priority),
+site; a machine with an accepted maintenance window in the horizon takes work after it ends.
+The assignment minimises, in this order of weight: tasks left unassigned (by priority),
 then makespan + expected failure cost (duration x risk) + lateness (by priority), within each
 machine's horizon. On each machine tasks run in earliest-due-date order, which minimises its
 maximum lateness. Up to `MILP_MAX_PAIRS` eligible (task, machine) pairs, a mixed-integer
@@ -14,7 +15,7 @@ heuristic alone. Same input and fleet, same answer.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ class Machine:
     risk: float | None  # failure probability; None when not scored
     contributions: dict[str, float] = field(default_factory=dict)
     load_min: float = 0.0  # already committed work
+    maintenance: tuple[float, float] | None = None  # next accepted window (start, end min)
 
 
 @dataclass
@@ -87,6 +89,26 @@ def _excluded(
     return usable, excluded
 
 
+def _around_maintenance(
+    machines: list[Machine], horizon: float
+) -> tuple[list[Machine], list[dict[str, Any]]]:
+    """An accepted maintenance window within the horizon: the machine takes work only after
+    it ends, or none when it ends beyond the horizon. Conservative (the time before a later
+    window stays unused), and never overlaps a window."""
+    usable: list[Machine] = []
+    excluded: list[dict[str, Any]] = []
+    for m in machines:
+        if m.maintenance is None or m.maintenance[0] >= horizon:
+            usable.append(m)
+        elif m.maintenance[1] >= horizon:
+            start, end = m.maintenance
+            reason = f"maintenance window from {start:.0f} to {end:.0f} min"
+            excluded.append({"machine": m.machine, "site": m.site, "reason": reason})
+        else:
+            usable.append(replace(m, load_min=max(m.load_min, m.maintenance[1])))
+    return usable, excluded
+
+
 def _eligible(task: Task, machine: Machine, horizon: float) -> str | None:
     """None when `machine` can take `task`, else why not."""
     if task.machine_type is not None and machine.type != task.machine_type:
@@ -109,6 +131,8 @@ def allocate(
     started = time.perf_counter()
     tasks = sorted(tasks, key=lambda t: t.id)
     usable, excluded = _excluded(sorted(machines, key=lambda m: m.machine), max_risk)
+    usable, serviced = _around_maintenance(usable, horizon_min)
+    excluded += serviced
     count = _pair_count(tasks, usable)
     use_milp = method == "milp" or (method == "auto" and count <= MILP_MAX_PAIRS)
     pairs = (

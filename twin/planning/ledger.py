@@ -19,6 +19,7 @@ from twin.alerts import Alert
 from twin.errors import NotFound
 from twin.model import DEFAULT_SCOPE
 from twin.planning.allocation import Allocation, Machine, Task, allocate
+from twin.planning.schedule import MaintenanceSchedule
 from twin.risk import RiskScorer
 from twin.state import FleetState
 from twin.stream import EventHub
@@ -29,10 +30,17 @@ DEFAULT_MAX_RISK = 0.5  # the risk limit without a default model (else its thres
 class AllocationLedger:
     """Solves allocations on the live fleet and keeps them (in memory) for re-planning."""
 
-    def __init__(self, state: FleetState, scorer: RiskScorer, hub: EventHub) -> None:
+    def __init__(
+        self,
+        state: FleetState,
+        scorer: RiskScorer,
+        hub: EventHub,
+        schedule: MaintenanceSchedule | None = None,
+    ) -> None:
         self.state = state
         self.scorer = scorer
         self.hub = hub
+        self.schedule = schedule  # accepted maintenance windows, kept free of work
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self.allocations: dict[int, dict[str, Any]] = {}
@@ -56,6 +64,11 @@ class AllocationLedger:
 
     def _fleet(self, load: dict[str, float] | None = None) -> list[Machine]:
         load = load or {}
+        now = time.time() * 1000
+        windows = {} if self.schedule is None else self.schedule.upcoming()
+        maintenance = {
+            m: ((start - now) / 60_000, (end - now) / 60_000) for m, (start, end) in windows.items()
+        }
         return [
             Machine(
                 t.machine,
@@ -65,6 +78,7 @@ class AllocationLedger:
                 None if t.risk is None else t.risk.probability,
                 {} if t.risk is None else dict(t.risk.contributions),
                 load.get(t.machine, 0.0),
+                maintenance.get(t.machine),
             )
             for t in self.state.summaries()
         ]

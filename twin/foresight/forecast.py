@@ -1,0 +1,251 @@
+"""Risk over time: a machine's failure probability at each step if it keeps operating as now.
+
+Two methods, and the answer says which:
+
+- `process_model`, for a machine the default (AI4I) model scores and whose type is L, M or H:
+  the AI4I process rolled forward. Tool wear grows one minute per minute of operation; every
+  other signal recurs as the machine's recent operating points did (each recent reading's air
+  and process temperature, speed and torque, so the temperature and power relations hold as
+  observed). At each step the model scores every recent point at that step's wear; their mean
+  is the chance that one process fails, and `probability` the chance of a failure within the
+  next `window` (default 30 min, the time a tool change takes: warning enough to act) of such
+  processes (`window / minutes per process` of them). The band (`low`, `high`) is the
+  10th-90th percentile of that over bootstrap resamples of the recent points.
+- `trend`, for any other machine: each signal's least-squares trend over the recent window,
+  extrapolated from its live value; the band comes from drawing the slopes within their
+  standard errors. A site model is fed the extrapolated readings through a fork of the twin's
+  history, so its window features move as they would; its `probability` is its own (a failure
+  within its label horizon), the default model's the chance that one reading's process fails.
+
+`probability_window_min` says what window each probability covers. `expected_failures` sums
+the chance of a failure in each step so far: what maintenance planning weighs. The summary
+`p(t) = 1 / (1 + exp(-theta (t - t0)))` is fitted to the points by least squares (scipy).
+Deterministic: the draws come from a fixed seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import numpy as np
+from scipy.optimize import curve_fit
+from scipy.special import expit, logit
+
+from twin.foresight.scenario import MINUTE_MS, MINUTES_PER_PROCESS, WEAR
+from twin.messages import CANONICAL_SIGNALS
+from twin.model import Predictor, feature_matrix, missing_signals
+from twin.model.fleet import FleetSpec, features, series
+from twin.state import MachineSnapshot
+
+POINTS = 128  # recent operating points the process model recurs, at most
+DRAWS = 32  # bootstrap resamples or slope draws for the band
+SITE_DRAWS = 8  # fewer for a site model: each draw feeds a history fork for the horizon
+BAND = (10, 90)  # percentiles
+SEED = 20_201  # fixed: the same machine and state give the same forecast
+MAX_STEPS = 2_000
+WINDOW_MIN = 30.0  # the process model's probability: of a failure within the next 30 min
+
+
+def has_process_model(model: Predictor, snap: MachineSnapshot) -> bool:
+    return (
+        model.kind != "fleet"
+        and snap.type in MINUTES_PER_PROCESS
+        and not missing_signals(snap.values)
+    )
+
+
+class Trajectory:
+    """Per step: the probability with its band and window, and the chance of a failure."""
+
+    def __init__(
+        self,
+        method: str,
+        times: np.ndarray,
+        probability: np.ndarray,
+        low: np.ndarray,
+        high: np.ndarray,
+        hazard: np.ndarray,
+        window_min: float | None,
+    ) -> None:
+        self.method = method
+        self.times = times
+        self.probability = probability
+        self.low = low
+        self.high = high
+        self.hazard = hazard  # chance of a failure within each step
+        self.window_min = window_min
+
+
+def trajectory(
+    model: Predictor,
+    snap: MachineSnapshot,
+    horizon_min: float,
+    step_min: float,
+    window_min: float = WINDOW_MIN,
+) -> Trajectory:
+    times = np.arange(0.0, horizon_min + step_min / 2, step_min)
+    if has_process_model(model, snap):
+        return _process(model, snap, times, step_min, window_min)
+    return _trend(model, snap, times, step_min)
+
+
+def _process(
+    model: Predictor, snap: MachineSnapshot, times: np.ndarray, step_min: float, window_min: float
+) -> Trajectory:
+    assert snap.type is not None
+    others = [s for s in CANONICAL_SIGNALS if s != WEAR]
+    points = [v for _, v in snap.rows if all(s in v for s in others)][-POINTS:]
+    if not points:
+        points = [snap.values]
+    columns = {s: np.tile([p[s] for p in points], len(times)) for s in others}
+    columns[WEAR] = np.repeat(snap.values[WEAR] + times, len(points))
+    rows = feature_matrix(columns, snap.type)
+    per_point = model.score(rows)[0].reshape(len(times), len(points))
+    minutes = MINUTES_PER_PROCESS[snap.type]
+
+    def within(per_process: np.ndarray, window: float) -> np.ndarray:
+        """The chance of a failure in `window` minutes of processes like these."""
+        return np.asarray(1.0 - (1.0 - per_process) ** (window / minutes))
+
+    rng = np.random.default_rng(SEED)
+    resamples = rng.integers(0, len(points), size=(DRAWS, len(points)))
+    means = per_point[:, resamples].mean(axis=2)  # (steps, draws)
+    per_process = per_point.mean(axis=1)
+    probability = within(per_process, window_min)
+    low, high = (within(np.percentile(means, q, axis=1), window_min) for q in BAND)
+    hazard = within(per_process, step_min)
+    return Trajectory("process_model", times, probability, low, high, hazard, window_min)
+
+
+def _trends(snap: MachineSnapshot) -> dict[str, tuple[float, float]]:
+    """Per signal: its slope per minute and the slope's standard error, over the recent rows."""
+    out = {}
+    for name in snap.values:
+        pts = [(ts, v[name]) for ts, v in snap.rows if name in v]
+        if len(pts) < 3:
+            out[name] = (0.0, 0.0)
+            continue
+        x = np.asarray([(ts - snap.latest_ts) / MINUTE_MS for ts, _ in pts])
+        y = np.asarray([v for _, v in pts])
+        spread = float(((x - x.mean()) ** 2).sum())
+        if spread <= 0:
+            out[name] = (0.0, 0.0)
+            continue
+        slope, intercept = np.polyfit(x, y, 1)
+        residual = y - (slope * x + intercept)
+        sd = math.sqrt(float((residual**2).sum()) / max(1, len(pts) - 2))
+        out[name] = (float(slope), sd / math.sqrt(spread))
+    return out
+
+
+def _trend(
+    model: Predictor, snap: MachineSnapshot, times: np.ndarray, step_min: float
+) -> Trajectory:
+    trends = _trends(snap)
+    names = list(snap.values)
+    slope = np.asarray([trends[n][0] for n in names])
+    error = np.asarray([trends[n][1] for n in names])
+    level = np.asarray([snap.values[n] for n in names])
+    draws = DRAWS if model.kind != "fleet" else SITE_DRAWS
+    drawn = np.random.default_rng(SEED).standard_normal((draws, len(names)))
+    z = np.vstack([np.zeros(len(names)), drawn])
+    slopes = slope + z * error  # (1 + draws, signals): the central path first
+    if model.kind == "fleet":
+        p = np.vstack([_site_path(model, snap, names, level, s, times) for s in slopes]).T
+        horizon_ms = model.manifest.get("training_data", {}).get("label_horizon_ms")
+        window = horizon_ms / MINUTE_MS if horizon_ms else None
+        hazard = 1.0 - (1.0 - p[:, 0]) ** (step_min / window) if window else p[:, 0]
+    else:
+        paths = level + slopes[None, :, :] * times[:, None, None]  # (steps, paths, signals)
+        flat = paths.reshape(-1, len(names))
+        rows = feature_matrix({n: flat[:, i] for i, n in enumerate(names)}, snap.type)
+        p = model.score(rows)[0].reshape(len(times), len(slopes))
+        window = None
+        span = (snap.rows[-1][0] - snap.rows[0][0]) / MINUTE_MS if len(snap.rows) > 1 else 0.0
+        per_min = (len(snap.rows) - 1) / span if span > 0 else 1.0
+        hazard = 1.0 - (1.0 - p[:, 0]) ** (per_min * step_min)
+    low, high = (np.percentile(p[:, 1:], q, axis=1) for q in BAND)
+    return Trajectory("trend", times, p[:, 0], low, high, hazard, window)
+
+
+def _site_path(
+    model: Predictor,
+    snap: MachineSnapshot,
+    names: list[str],
+    level: np.ndarray,
+    slope: np.ndarray,
+    times: np.ndarray,
+) -> np.ndarray:
+    """A site model's probability at each step along one extrapolated path: readings once a
+    minute fed to a fork of the twin's history, then its features at each step's time."""
+    spec = FleetSpec.from_json(model.manifest["fleet"])
+    history = snap.history.fork()
+    for minute in range(1, int(times[-1]) + 1):
+        ts = snap.latest_ts + minute * MINUTE_MS
+        values = dict(zip(names, (level + slope * minute).tolist(), strict=True))
+        history.add(ts, values, {k: (v, ts) for k, v in values.items()})
+    data = series(list(history.buckets), history.events())
+    at = snap.latest_ts + (times * MINUTE_MS).astype(np.int64)
+    rows = features(spec, data, at)
+    rows[0] = features(spec, data, at[:1], dict(snap.values))[0]  # now: the live values
+    return np.asarray(model.score(rows)[0])
+
+
+def fit_sigmoid(times: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
+    """theta (per minute) and t0 (minutes) of p(t) = 1/(1+exp(-theta (t - t0))), and the rmse."""
+    clipped = np.clip(p, 1e-6, 1 - 1e-6)
+    line = np.polyfit(times, logit(clipped), 1) if len(times) > 1 else np.zeros(2)
+    theta, intercept = float(line[0]), float(line[1])
+    span = max(float(times[-1]), 1.0)
+    if abs(theta) < 1e-9:
+        rmse = float(np.sqrt(np.mean((p - expit(intercept)) ** 2)))
+        return {"theta": 0.0, "t0_min": None, "rmse": round(rmse, 6)}
+    t0 = float(np.clip(-intercept / theta, -100 * span, 100 * span))
+    with contextlib.suppress(RuntimeError, ValueError):  # else the logit line stands
+        fitted, _ = curve_fit(
+            lambda t, a, b: expit(a * (t - b)),
+            times,
+            p,
+            p0=(float(np.clip(theta, -5, 5)), t0),
+            bounds=((-5.0, -100 * span), (5.0, 100 * span)),
+        )
+        theta, t0 = float(fitted[0]), float(fitted[1])
+    rmse = float(np.sqrt(np.mean((p - expit(theta * (times - t0))) ** 2)))
+    return {"theta": round(float(theta), 6), "t0_min": round(float(t0), 3), "rmse": round(rmse, 6)}
+
+
+def forecast(
+    model: Predictor,
+    snap: MachineSnapshot,
+    horizon_min: float,
+    step_min: float,
+    window_min: float = WINDOW_MIN,
+) -> dict[str, Any]:
+    path = trajectory(model, snap, horizon_min, step_min, window_min)
+    crossed = np.nonzero(path.probability >= model.threshold)[0]
+    expected = np.cumsum(path.hazard)
+    return {
+        "machine": snap.machine,
+        "method": path.method,
+        "model_version": model.version,
+        "threshold": model.threshold,
+        "horizon_min": horizon_min,
+        "step_min": step_min,
+        "probability_window_min": path.window_min,
+        "points": [
+            {
+                "t_min": round(float(t), 3),
+                "probability": round(float(p), 6),
+                "low": round(float(lo), 6),
+                "high": round(float(hi), 6),
+                "expected_failures": round(float(e), 6),
+            }
+            for t, p, lo, hi, e in zip(
+                path.times, path.probability, path.low, path.high, expected, strict=True
+            )
+        ],
+        "crosses_threshold_at_min": float(path.times[crossed[0]]) if len(crossed) else None,
+        "p_t_fit": fit_sigmoid(path.times, path.probability),
+    }
