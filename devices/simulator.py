@@ -48,16 +48,21 @@ class Machine:
     # A due tool is replaced without a failure (the data set's scheduled replacement); False
     # leaves maintenance to the caller (`service`), as a maintenance policy would.
     auto_tool_change: bool = True
+    # Two streams: the process (temperatures, load, random failures, errors: the same draws
+    # for every process whatever is done to the machine) and the tools (each tool's life, the
+    # tool-wear failure), so that two maintenance policies meet the same processes.
     rng: random.Random = field(init=False)
+    _tools: random.Random = field(init=False)
     _tool_life: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+        self._tools = random.Random(self.seed * 7_919 + 1)
         self.air_temp_k += self.rng.gauss(0, 2)
         self._process_offset = self.rng.gauss(0, 1)
         self.process_temp_k = self.air_temp_k + 10 + self._process_offset
         self.tool_wear_min = self.rng.randrange(0, 150)
-        self._tool_life = self.rng.randint(200, 240)
+        self._tool_life = self._tools.randint(200, 240)
 
     @property
     def process_minutes(self) -> int:
@@ -90,7 +95,7 @@ class Machine:
         modes = []
         wear = v["tool_wear_min"]
         tool_due = wear >= self._tool_life
-        if tool_due and rng.random() < 0.45:
+        if tool_due and self._tools.random() < 0.45:
             modes.append("TWF")
         if v["process_temp_k"] - v["air_temp_k"] < 8.6 and v["rotational_speed_rpm"] < 1380:
             modes.append("HDF")
@@ -102,8 +107,9 @@ class Machine:
         if rng.random() < 0.001:
             modes.append("RNF")
         events = [Event("failure", mode) for mode in modes]
-        if rng.random() < 0.002 + (0.02 if modes else 0.0):
-            events.insert(0, Event("error", rng.choice(_ERROR_CODES)))
+        error, code = rng.random(), rng.choice(_ERROR_CODES)  # both drawn every process
+        if error < 0.002 + (0.02 if modes else 0.0):
+            events.insert(0, Event("error", code))
         if (tool_due and self.auto_tool_change) or "TWF" in modes or "OSF" in modes:
             events.append(self.service())  # repair or scheduled replacement
         return events
@@ -111,7 +117,7 @@ class Machine:
     def service(self) -> Event:
         """A tool change: a fresh tool, with a tool life of its own."""
         self.tool_wear_min = 0
-        self._tool_life = self.rng.randint(200, 240)
+        self._tool_life = self._tools.randint(200, 240)
         return Event("maintenance", "tool_change")
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, feed_t
+from tests.conftest import IN_CI, feed_pipeline, feed_t
 from tests.services import ServiceMissing, find_program, wait_until
 from twin.service import Twin
 
@@ -67,3 +68,75 @@ def test_a_new_alert_appears_without_a_reload_and_can_be_acknowledged(
     (alert,) = twin.alerts.query(machine="press7")[1]
     assert (alert.acknowledged, alert.acknowledged_by) == (True, "dashboard")
     assert (tmp_path / "dashboard.png").stat().st_size > 1000
+
+
+def test_the_machine_page_charts_its_history_forecast_what_if_and_advice_and_plans_maintenance(
+    served: tuple[Twin, int], chromium: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    twin, port = served
+    now = int(time.time() * 1000)
+    messages: list[tuple[str, object]] = [
+        ("factory/s1/lathe3/status", {"state": "online", "type": "L", "ts": now - 60_000})
+    ]
+    for i in range(30):  # a worn tool, at low speed with a small temperature difference
+        values = {
+            "air_temp_k": 302.0,
+            "process_temp_k": 310.0 + 0.01 * i,
+            "rotational_speed_rpm": 1320 - i,
+            "torque_nm": 45.0,
+            "tool_wear_min": 190 + i,
+        }
+        ts = now - 30_000 + i * 1000
+        messages.append(("factory/s1/lathe3/telemetry", {"seq": i, "ts": ts, "values": values}))
+        worn = {
+            **values,
+            "process_temp_k": 311.5,
+            "rotational_speed_rpm": 1500,
+            "tool_wear_min": 200,
+        }
+        messages.append(("factory/s1/mill2/telemetry", {"seq": i, "ts": ts, "values": worn}))
+    feed_pipeline(twin, *messages)
+
+    def scored() -> bool:
+        return all((twin.state.get(m) or {}).get("risk") for m in ("lathe3", "mill2"))
+
+    wait_until(scored, 10, "both machines scored")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.click('#fleet tr[data-machine="lathe3"]')
+        # Each signal's history, the forecast with its band and threshold.
+        page.wait_for_selector("#signal-charts svg.chart polyline", state="attached")
+        assert page.locator("#signal-charts svg.chart").count() == 5
+        page.wait_for_selector("#forecast-chart svg polygon.band", state="attached")
+        assert "crosses the threshold" in page.inner_text("#forecast-text")
+        # What-if controls for the controllable signals, and the advice.
+        page.wait_for_selector("#whatif input[name=rotational_speed_rpm]")
+        page.wait_for_function("document.querySelector('#whatif-result').textContent.includes('→')")
+        before = page.inner_text("#whatif-result")
+        page.wait_for_function("document.querySelector('#advice').textContent.length > 10")
+        assert "raise rotational_speed_rpm" in page.inner_text("#advice")
+        page.eval_on_selector(
+            "#whatif input[name=rotational_speed_rpm]",
+            "input => { input.value = 1600; input.dispatchEvent(new Event('input')); }",
+        )
+        page.wait_for_function(
+            f"document.querySelector('#whatif-result').textContent !== {before!r}"
+        )
+        # A maintenance plan as a timeline, accepted.
+        page.fill("#token", "op")
+        page.click("#plan-button")
+        page.wait_for_selector("#timeline rect.window", state="attached")
+        assert page.locator("#plan-costs tr").count() == 3
+        page.click("#accept-button")
+        page.wait_for_selector("#maintenance-list td:has-text('mill2')")
+        page.screenshot(path=str(tmp_path / "machine.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert [w.machine for w in twin.schedule.windows()] == ["mill2"]  # lathe3: a tool won't do
+    assert (tmp_path / "machine.png").stat().st_size > 10_000

@@ -41,6 +41,7 @@ def create_plan(foresight: ForesightDep, request: MaintenancePlanRequest) -> dic
             [Action(a.name, a.duration_min) for a in request.actions],
             Costs(**request.costs.model_dump()),
             request.baseline_interval_min,
+            request.min_interval_min,
             request.machines,
             request.site,
         ),

@@ -485,6 +485,12 @@ class MaintenancePlanRequest(RequestModel):
     )
     machines: list[str] | None = Field(default=None, max_length=10_000)
     site: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    min_interval_min: float = Field(
+        default=120,
+        ge=0,
+        le=7 * 24 * 60,
+        description="operation between two services of a machine, at least",
+    )
     baseline_interval_min: float = Field(
         default=200, gt=0, description="the fixed-interval baseline's service interval"
     )

@@ -94,6 +94,9 @@ async function select(machine) {
     tr.append(cell(time(a.raised_at)), cell(a.severity, "sev-" + a.severity), cell(a.state), cell(a.message));
     return tr;
   }));
+  renderSignalCharts(machine);
+  renderForecast(machine);
+  renderAdvice(machine);
 }
 
 function renderDetail() {
@@ -146,4 +149,179 @@ async function start() {
   });
 }
 
+
+// -- charts: plain SVG ---------------------------------------------------------------------
+const SVG = "http://www.w3.org/2000/svg";
+function svgEl(name, attrs, text) {
+  const el = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+// A line chart: series [{points: [[x, y]], color, dash}], optional band [[x, low, high]] and
+// horizontal line {y, label}; axes labelled with their ends.
+function lineChart({ title, series, band, hline, xFormat, yMin, yMax, width = 360, height = 140 }) {
+  const pad = { l: 42, r: 8, t: 16, b: 18 };
+  const xs = series.flatMap((s) => s.points.map((p) => p[0]));
+  const ys = series.flatMap((s) => s.points.map((p) => p[1])).concat(band ? band.flatMap((b) => [b[1], b[2]]) : []);
+  const x0 = Math.min(...xs), x1 = Math.max(...xs);
+  let y0 = yMin ?? Math.min(...ys), y1 = yMax ?? Math.max(...ys);
+  if (y1 - y0 < 1e-9) { y0 -= 1; y1 += 1; }
+  const X = (x) => pad.l + ((x - x0) / Math.max(x1 - x0, 1e-9)) * (width - pad.l - pad.r);
+  const Y = (y) => height - pad.b - ((y - y0) / (y1 - y0)) * (height - pad.t - pad.b);
+  const svg = svgEl("svg", { class: "chart", width, height, viewBox: `0 0 ${width} ${height}` });
+  svg.append(svgEl("text", { x: pad.l, y: 11 }, title));
+  if (band && band.length) {
+    const upper = band.map((b) => `${X(b[0])},${Y(b[2])}`);
+    const lower = band.slice().reverse().map((b) => `${X(b[0])},${Y(b[1])}`);
+    svg.append(svgEl("polygon", { class: "band", points: upper.concat(lower).join(" "), fill: "#ffcdd2", stroke: "none" }));
+  }
+  if (hline) {
+    svg.append(svgEl("line", { x1: pad.l, x2: width - pad.r, y1: Y(hline.y), y2: Y(hline.y), stroke: "#555", "stroke-dasharray": "4 3" }));
+    svg.append(svgEl("text", { x: width - pad.r - 90, y: Y(hline.y) - 3 }, hline.label));
+  }
+  for (const s of series) {
+    svg.append(svgEl("polyline", {
+      points: s.points.map((p) => `${X(p[0])},${Y(p[1])}`).join(" "),
+      fill: "none", stroke: s.color || "#1565c0", "stroke-width": 1.5, "stroke-dasharray": s.dash || "",
+    }));
+  }
+  const fmt = (v) => (Math.abs(v) >= 1000 ? v.toFixed(0) : Number(v.toPrecision(3)).toString());
+  svg.append(svgEl("text", { x: 2, y: Y(y1) + 4 }, fmt(y1)), svgEl("text", { x: 2, y: Y(y0) }, fmt(y0)));
+  svg.append(svgEl("text", { x: pad.l, y: height - 4 }, xFormat(x0)));
+  svg.append(svgEl("text", { x: width - pad.r - 40, y: height - 4 }, xFormat(x1)));
+  return svg;
+}
+
+async function getJson(url, options) {
+  const response = await fetch(url, options);
+  const body = await response.json();
+  if (!response.ok) throw new Error(typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail));
+  return body;
+}
+const postJson = (url, body, headers = {}) =>
+  getJson(url, { method: "POST", headers: { "Content-Type": "application/json", ...headers }, body: JSON.stringify(body) });
+
+async function renderSignalCharts(machine) {
+  const history = await getJson(`/machines/${encodeURIComponent(machine)}/history?start=-1h`);
+  const charts = Object.entries(history.series).filter(([, points]) => points.length > 1).map(([name, points]) =>
+    lineChart({ title: name, width: 240, height: 110, xFormat: time, series: [{ points: points.map((p) => [p.ts, p.value ?? p.mean]) }] }));
+  $("#signal-charts").replaceChildren(...(charts.length ? charts : [document.createTextNode("no history in the last hour")]));
+}
+
+async function renderForecast(machine) {
+  try {
+    const f = await getJson(`/machines/${encodeURIComponent(machine)}/forecast?horizon=8h&step=10m`);
+    const chart = lineChart({
+      title: `P(failure within ${f.probability_window_min ?? "the model's"} min) — ${f.method}`,
+      xFormat: (m) => `+${(m / 60).toFixed(1)} h`, yMin: 0, yMax: 1,
+      series: [{ points: f.points.map((p) => [p.t_min, p.probability]), color: "#c62828" }],
+      band: f.points.map((p) => [p.t_min, p.low, p.high]),
+      hline: { y: f.threshold, label: `threshold ${pct(f.threshold)}` },
+    });
+    $("#forecast-chart").replaceChildren(chart);
+    const at = f.crosses_threshold_at_min;
+    $("#forecast-text").textContent = (at === null ? "does not cross the threshold within 8 h" : `crosses the threshold in ${at} min`)
+      + (f.p_t_fit.t0_min === null ? "; flat over the horizon"
+        : `; p(t) = 1/(1+e^(-${f.p_t_fit.theta}(t - ${f.p_t_fit.t0_min}))), rmse ${f.p_t_fit.rmse}`);
+  } catch (error) {
+    $("#forecast-chart").replaceChildren();
+    $("#forecast-text").textContent = "no forecast: " + error.message;
+  }
+}
+
+let whatifTimer = null;
+async function runWhatif(machine) {
+  const values = {};
+  for (const input of document.querySelectorAll("#whatif input")) values[input.name] = Number(input.value);
+  try {
+    const answer = await postJson(`/machines/${encodeURIComponent(machine)}/whatif`, { values });
+    $("#whatif-result").textContent = `risk now ${pct(answer.now.probability)} → with these settings ${pct(answer.whatif.probability)}`;
+  } catch (error) { $("#whatif-result").textContent = error.message; }
+}
+
+async function renderAdvice(machine) {
+  $("#advice-apply").hidden = true;
+  let advice;
+  try { advice = await postJson(`/machines/${encodeURIComponent(machine)}/advice`, {}); } catch (error) {
+    $("#whatif").replaceChildren(); $("#advice").textContent = error.message; return;
+  }
+  const twin = machines.get(machine);
+  $("#whatif").replaceChildren(...Object.entries(advice.controllable).map(([name, [low, high]]) => {
+    const label = document.createElement("label");
+    const input = htmlEl("input", { type: "range", name, min: low, max: high, step: (high - low) / 200, value: twin.values[name].value });
+    const shown = document.createElement("span");
+    shown.textContent = ` ${input.value}`;
+    input.oninput = () => { shown.textContent = ` ${input.value}`; clearTimeout(whatifTimer); whatifTimer = setTimeout(() => runWhatif(machine), 150); };
+    label.append(name + " ", input, shown);
+    return label;
+  }));
+  $("#advice").textContent = advice.advice;
+  if (advice.feasible && advice.change && Object.keys(advice.change).length) {
+    $("#advice-apply").hidden = false;
+    $("#advice-apply").onclick = () => {
+      for (const [name, c] of Object.entries(advice.change)) {
+        const input = document.querySelector(`#whatif input[name="${name}"]`);
+        input.value = c.to; input.dispatchEvent(new Event("input"));
+      }
+    };
+  }
+  runWhatif(machine);
+}
+
+function htmlEl(name, attrs) {
+  const el = document.createElement(name);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  return el;
+}
+
+// -- maintenance ---------------------------------------------------------------------------
+function timeline(windows, horizonMin) {
+  const names = [...new Set(windows.map((w) => w.machine))].sort();
+  const width = 720, row = 18, left = 90, height = 24 + row * Math.max(names.length, 1);
+  const X = (m) => left + (m / horizonMin) * (width - left - 10);
+  const svg = svgEl("svg", { class: "chart", width, height, viewBox: `0 0 ${width} ${height}` });
+  for (let h = 0; h <= horizonMin / 60; h++) {
+    svg.append(svgEl("line", { x1: X(h * 60), x2: X(h * 60), y1: 12, y2: height, stroke: "#eee" }));
+    svg.append(svgEl("text", { x: X(h * 60) - 6, y: 10 }, `+${h}h`));
+  }
+  names.forEach((name, i) => svg.append(svgEl("text", { x: 2, y: 26 + i * row }, name)));
+  for (const w of windows) {
+    const i = names.indexOf(w.machine);
+    const rect = svgEl("rect", { class: "window", x: X(w.start_min), y: 16 + i * row, width: Math.max(X(w.end_min) - X(w.start_min), 2), height: row - 4, fill: w.state ? "#2e7d32" : "#1565c0" });
+    rect.append(svgEl("title", {}, `${w.machine}: ${w.action} ${w.start_min}-${w.end_min} min` + (w.reason ? `, risk ${pct(w.reason.risk_before)} → ${pct(w.reason.risk_after)}, saves ${w.reason.expected_cost_avoided}` : "")));
+    svg.append(rect);
+  }
+  return svg;
+}
+
+async function planMaintenance() {
+  let plan;
+  try { plan = await postJson("/maintenance/plans", { horizon: "8h" }, tokenHeaders()); } catch (error) { alert(error.message); return; }
+  $("#timeline").replaceChildren(plan.windows.length ? timeline(plan.windows, plan.horizon_min) : document.createTextNode("no service pays within 8 h"));
+  const rows = [["plan", plan.objective], ["run to failure", plan.baselines.run_to_failure], [`every ${plan.baselines.fixed_interval.interval_min} min`, plan.baselines.fixed_interval]];
+  $("#plan-costs tbody").replaceChildren(...rows.map(([name, o]) => {
+    const tr = document.createElement("tr");
+    tr.append(cell(name), cell(`cost ${Math.round(o.total).toLocaleString()}`), cell(`${o.expected_failures.toFixed(2)} failures expected`), cell(`${o.actions} services`));
+    return tr;
+  }));
+  $("#accept-button").hidden = !plan.windows.length;
+  $("#accept-button").onclick = async () => {
+    try { await postJson(`/maintenance/plans/${plan.id}/accept`, {}, tokenHeaders()); } catch (error) { alert(error.message); return; }
+    $("#accept-button").hidden = true;
+    loadMaintenance();
+  };
+}
+
+async function loadMaintenance() {
+  const list = await getJson("/maintenance?limit=200");
+  $("#maintenance-list tbody").replaceChildren(...list.items.map((w) => {
+    const tr = document.createElement("tr");
+    tr.append(cell(w.machine), cell(w.action), cell(new Date(w.start_ms).toLocaleString()), cell(time(w.end_ms)), cell(w.state));
+    return tr;
+  }));
+}
+$("#plan-button").onclick = planMaintenance;
 start();
+loadMaintenance();

@@ -17,7 +17,7 @@ from typing import Any
 from twin.errors import InvalidRequest, NotFound
 from twin.foresight.advice import Controls, advise, load_controls
 from twin.foresight.forecast import MAX_STEPS, Trajectory, forecast, trajectory
-from twin.foresight.scenario import WEAR, Scenario, check, project, score, whatif
+from twin.foresight.scenario import TOOL_CHANGE, WEAR, Scenario, check, project, score, whatif
 from twin.model import Predictor
 from twin.planning.maintenance import Action, Costs, MachinePath, plan
 from twin.planning.schedule import MaintenanceSchedule
@@ -61,6 +61,12 @@ class Foresight:
         if model is None:
             raise InvalidRequest(f"{machine} cannot be scored: no active model")
         score(model, snap)  # a 422 naming the missing signals, before any projection
+        serviced = snap.last_events.get("maintenance")
+        if serviced and serviced["code"] == TOOL_CHANGE and serviced["ts"] > snap.latest_ts:
+            # The tool was changed after the last reading: the future starts from a new tool.
+            snap = dataclasses.replace(
+                project(snap, Scenario(events=[TOOL_CHANGE])), history=snap.history
+            )
         return model, snap
 
     def whatif(self, machine: str, scenario: Scenario) -> dict[str, Any]:
@@ -118,6 +124,7 @@ class PlanRequest:
     actions: list[Action]
     costs: Costs
     interval_min: float
+    min_interval_min: float = 0.0
     machines: list[str] | None = None
     site: str | None = None
 
@@ -162,12 +169,19 @@ def plan_maintenance(foresight: Foresight, request: PlanRequest) -> dict[str, An
             )
         )
     result = plan(
-        paths, request.actions, request.costs, request.crews, request.step_min, request.interval_min
+        paths,
+        request.actions,
+        request.costs,
+        request.crews,
+        request.step_min,
+        request.interval_min,
+        request.min_interval_min,
     )
     body = {
         "horizon_min": request.horizon_min,
         "step_min": request.step_min,
         "crews": request.crews,
+        "min_interval_min": request.min_interval_min,
         "actions": [dataclasses.asdict(a) for a in request.actions],
         "costs": dataclasses.asdict(request.costs),
         "machines": [p.machine for p in paths],

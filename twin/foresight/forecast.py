@@ -9,8 +9,11 @@ Two methods, and the answer says which:
   observed). At each step the model scores every recent point at that step's wear; their mean
   is the chance that one process fails, and `probability` the chance of a failure within the
   next `window` (default 30 min, the time a tool change takes: warning enough to act) of such
-  processes (`window / minutes per process` of them). The band (`low`, `high`) is the
-  10th-90th percentile of that over bootstrap resamples of the recent points.
+  processes (`window / minutes per process` of them). Wear only grows along the path and in
+  this process wear never makes a tool safer, so the chance per process is made
+  non-decreasing along it (isotonic least squares): the spline's wiggles at low wear are
+  noise, and a plan must not read them as a reason to change a tool that is nearly new. The
+  band (`low`, `high`) is the 10th-90th percentile over bootstrap resamples of the points.
 - `trend`, for any other machine: each signal's least-squares trend over the recent window,
   extrapolated from its live value; the band comes from drawing the slopes within their
   standard errors. A site model is fed the extrapolated readings through a fork of the twin's
@@ -111,12 +114,23 @@ def _process(
 
     rng = np.random.default_rng(SEED)
     resamples = rng.integers(0, len(points), size=(DRAWS, len(points)))
-    means = per_point[:, resamples].mean(axis=2)  # (steps, draws)
-    per_process = per_point.mean(axis=1)
+    means = np.apply_along_axis(nondecreasing, 0, per_point[:, resamples].mean(axis=2))
+    per_process = nondecreasing(per_point.mean(axis=1))
     probability = within(per_process, window_min)
     low, high = (within(np.percentile(means, q, axis=1), window_min) for q in BAND)
     hazard = within(per_process, step_min)
     return Trajectory("process_model", times, probability, low, high, hazard, window_min)
+
+
+def nondecreasing(y: np.ndarray) -> np.ndarray:
+    """The closest non-decreasing sequence in least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for value in y.tolist():
+        blocks.append([value, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return np.repeat([b[0] for b in blocks], [int(b[1]) for b in blocks])
 
 
 def _trends(snap: MachineSnapshot) -> dict[str, tuple[float, float]]:
