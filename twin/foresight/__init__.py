@@ -16,7 +16,7 @@ from typing import Any
 
 from twin.errors import InvalidRequest, NotFound
 from twin.foresight.advice import Controls, advise, load_controls
-from twin.foresight.forecast import MAX_STEPS, Trajectory, forecast, trajectory
+from twin.foresight.forecast import MAX_STEPS, Trajectory, forecast, trajectories
 from twin.foresight.scenario import TOOL_CHANGE, WEAR, Scenario, check, project, score, whatif
 from twin.model import Predictor
 from twin.planning.maintenance import Action, Costs, MachinePath, plan
@@ -80,17 +80,37 @@ class Foresight:
         model, snap = self.machine(machine)
         return forecast(model, snap, horizon_min, step_min, window_min)
 
-    def trajectories(
-        self, machine: str, horizon_min: float, step_min: float, actions: list[str]
-    ) -> tuple[Trajectory, dict[str, Trajectory]]:
-        """The machine's path if left alone, and after each action done now (for planning)."""
-        model, snap = self.machine(machine)
-        after = {}
-        for action in actions:
-            scenario = Scenario(events=[action])
-            check(model, snap, scenario)
-            after[action] = trajectory(model, project(snap, scenario), horizon_min, step_min)
-        return trajectory(model, snap, horizon_min, step_min), after
+    def paths(
+        self, machines: list[str], horizon_min: float, step_min: float, actions: list[str]
+    ) -> tuple[
+        dict[str, tuple[MachineSnapshot, Trajectory, dict[str, Trajectory]]], dict[str, str]
+    ]:
+        """Per machine: its snapshot, its path if left alone, and after each action done now
+        (for planning), scored together per model; and the machines left out, with why."""
+        found: dict[str, tuple[Predictor, MachineSnapshot]] = {}
+        skipped: dict[str, str] = {}
+        for machine in machines:
+            try:
+                model, snap = self.machine(machine)
+                for action in actions:
+                    check(model, snap, Scenario(events=[action]))
+            except InvalidRequest as exc:
+                skipped[machine] = str(exc)
+                continue
+            found[machine] = (model, snap)
+        by_model: dict[str, list[str]] = {}
+        for machine, (model, _) in found.items():
+            by_model.setdefault(model.version, []).append(machine)
+        out = {}
+        for names in by_model.values():
+            model = found[names[0]][0]
+            snaps = [found[m][1] for m in names]
+            scenarios = [project(s, Scenario(events=[a])) for s in snaps for a in actions]
+            paths = trajectories(model, snaps + scenarios, horizon_min, step_min)
+            for i, machine in enumerate(names):
+                after = paths[len(names) + i * len(actions) : len(names) + (i + 1) * len(actions)]
+                out[machine] = (snaps[i], paths[i], dict(zip(actions, after, strict=True)))
+        return out, skipped
 
     def advice(
         self,
@@ -133,41 +153,30 @@ def plan_maintenance(foresight: Foresight, request: PlanRequest) -> dict[str, An
     """A maintenance plan from every chosen machine's forecast; stored, not yet accepted."""
     check_steps(request.horizon_min, request.step_min)
     created = int(time.time() * 1000)
+    fleet = foresight.state.summaries()
     if request.machines is not None:
         names = request.machines
-        unknown = [m for m in names if foresight.state.snapshot(m) is None]
+        unknown = sorted(set(names) - {t.machine for t in fleet})
         if unknown:
             raise InvalidRequest(f"no machine {', '.join(unknown)} has reported")
     else:
-        names = [
-            t.machine
-            for t in foresight.state.summaries()
-            if request.site is None or t.site == request.site
-        ]
+        names = [t.machine for t in fleet if request.site is None or t.site == request.site]
     slots = round(request.horizon_min / request.step_min)
     actions = [a.name for a in request.actions]
-    paths, skipped = [], []
-    for machine in sorted(names):
-        try:
-            base, after = foresight.trajectories(
-                machine, request.horizon_min, request.step_min, actions
-            )
-        except InvalidRequest as exc:
-            if request.machines is not None:
-                raise
-            skipped.append({"machine": machine, "reason": str(exc)})
-            continue
-        snap = foresight.state.snapshot(machine)
-        assert snap is not None
-        paths.append(
-            MachinePath(
-                machine,
-                snap.site,
-                base.hazard[:slots],
-                {a: t.hazard[:slots] for a, t in after.items()},
-                since_maintenance(snap),
-            )
+    found, left_out = foresight.paths(sorted(names), request.horizon_min, request.step_min, actions)
+    if request.machines is not None and left_out:
+        raise InvalidRequest("; ".join(left_out.values()))
+    skipped = [{"machine": m, "reason": why} for m, why in left_out.items()]
+    paths = [
+        MachinePath(
+            machine,
+            snap.site,
+            base.hazard[:slots],
+            {a: t.hazard[:slots] for a, t in after.items()},
+            since_maintenance(snap),
         )
+        for machine, (snap, base, after) in sorted(found.items())
+    ]
     result = plan(
         paths,
         request.actions,

@@ -88,7 +88,8 @@ class _Model:
         min_interval_min: float = 0.0,
     ) -> None:
         self.paths, self.actions, self.costs, self.step = paths, actions, costs, step_min
-        self.min_slots = max(1, math.ceil(min_interval_min / step_min - 1e-9))
+        self.min_interval = min_interval_min
+        self.min_slots = max(1, math.ceil(min_interval_min / step_min - 1e-9))  # a cycle's least
         self.slots = min((len(p.base) for p in paths), default=0)
         self.durations = [max(1, math.ceil(a.duration_min / step_min - 1e-9)) for a in actions]
 
@@ -209,7 +210,7 @@ def _candidates(model: _Model) -> tuple[list[Service], np.ndarray]:
     for m, path in enumerate(model.paths):
         base = np.concatenate([[0.0], np.cumsum(path.base[:K])])  # failures before each slot
         since = path.since_maintenance_min or 0.0
-        first = max(0, math.ceil((model.min_slots * model.step - since) / model.step - 1e-9))
+        first = max(0, math.ceil((model.min_interval - since) / model.step - 1e-9))
         for a, slots in enumerate(model.durations):
             rate = model.renewal_rate(m, a)
             cost = model.service_cost(Service(m, a, 0, slots))
