@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import msgspec
 import pytest
+from fastapi.testclient import TestClient
 
 from tests.services import (
     InfluxDB1,
@@ -111,6 +112,22 @@ def settings(data_dir: Path) -> Settings:
         journal_commit_ms=5,
         score_interval_ms=1,
     )
+
+
+TOKEN = {"Authorization": "Bearer t0k"}  # writes, for the `twin` fixture's API
+
+
+@pytest.fixture
+def twin(settings: Settings) -> Twin:
+    """A twin (not started: `client` starts it) whose API takes writes with `TOKEN`."""
+    return Twin(settings.model_copy(update={"api_tokens": "t0k"}))
+
+
+@pytest.fixture
+def client(twin: Twin) -> Iterator[TestClient]:
+    """The `twin` fixture's API in process; the twin runs while it is open."""
+    with TestClient(create_app(twin.settings, twin)) as client:
+        yield client
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -11,27 +10,19 @@ import pytest
 from fastapi.testclient import TestClient
 
 from devices.simulator import make_fleet
-from tests.conftest import feed_pipeline
+from tests.conftest import TOKEN, feed_pipeline
 from tests.payloads import wear_history
 from tests.services import wait_until
-from twin.app import create_app
 from twin.config import Settings
 from twin.service import Twin
 
 MINUTE_MS = 60_000
-TOKEN = {"Authorization": "Bearer t0k"}
 
 
 @pytest.fixture
 def twin(settings: Settings) -> Twin:
     # Readings rolled forward carry event times up to hours ahead of the wall clock.
     return Twin(settings.model_copy(update={"max_future_s": 30 * 86_400, "api_tokens": "t0k"}))
-
-
-@pytest.fixture
-def client(twin: Twin) -> Iterator[TestClient]:
-    with TestClient(create_app(twin.settings, twin)) as client:
-        yield client
 
 
 BASE = int(time.time() * 1000) - 86_400_000

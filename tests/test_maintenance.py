@@ -4,7 +4,6 @@ raise their alert, close on the machine's maintenance event, block allocations a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import feed_pipeline
+from tests.conftest import TOKEN, feed_pipeline
 from tests.services import wait_until
 from twin.app import create_app
 from twin.config import Settings
@@ -119,19 +118,6 @@ def test_crew_capacity_is_never_exceeded(
 
 
 # -- through the API, against a live twin ----------------------------------------------------
-
-TOKEN = {"Authorization": "Bearer t0k"}
-
-
-@pytest.fixture
-def twin(settings: Settings) -> Twin:
-    return Twin(settings.model_copy(update={"api_tokens": "t0k"}))
-
-
-@pytest.fixture
-def client(twin: Twin) -> Iterator[TestClient]:
-    with TestClient(create_app(twin.settings, twin)) as client:
-        yield client
 
 
 def machine(twin: Twin, name: str, wear: float) -> None:

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import feed_pipeline
+from tests.conftest import TOKEN, feed_pipeline
 from tests.payloads import wear_history
-from twin.app import create_app
-from twin.config import Settings
 from twin.service import Twin
-
-TOKEN = {"Authorization": "Bearer t0k"}
-
-
-@pytest.fixture
-def twin(settings: Settings) -> Twin:
-    return Twin(settings.model_copy(update={"api_tokens": "t0k"}))
-
-
-@pytest.fixture
-def client(twin: Twin) -> Iterator[TestClient]:
-    with TestClient(create_app(twin.settings, twin)) as client:
-        yield client
 
 
 def feed(twin: Twin, messages: list[tuple[str, bytes]]) -> None:
