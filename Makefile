@@ -62,6 +62,7 @@ bench: $(BIN)/.installed services
 	$(BIN)/python -m bench.model
 	$(BIN)/python -m bench.allocation
 	$(BIN)/python -m bench.cluster
+	$(BIN)/python -m bench.maintenance
 
 clean:
 	rm -rf $(VENV) twin-data .pytest_cache .ruff_cache

@@ -264,6 +264,16 @@ def planned(
                     f"last plan {seconds[-1] * 1000:.0f} ms",
                     flush=True,
                 )
+        advice = []
+        for sim in world.fleet:  # setpoint advice on every machine, as the fleet stands
+            began = time.perf_counter()
+            client.post(f"/machines/{sim.machine.name}/advice", json={}).raise_for_status()
+            advice.append(time.perf_counter() - began)
+        print(
+            f"  advice through the API: median {statistics.median(advice) * 1000:.0f} ms, max "
+            f"{max(advice) * 1000:.0f} ms a machine",
+            flush=True,
+        )
     return world.tally, seconds, windows
 
 
