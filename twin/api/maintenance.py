@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from twin.api.deps import BODY_ERRORS, NOT_FOUND, ForesightDep, OperateAccess
 from twin.api.params import MachineParam
@@ -20,6 +20,7 @@ from twin.foresight import Action, Costs, PlanRequest, plan_maintenance
 router = APIRouter(prefix="/maintenance", tags=["maintenance"])
 
 MINUTE_MS = 60_000
+PlanId = Annotated[int, Path(ge=1, le=2**63 - 1)]  # SQLite's integer range
 
 
 @router.post(
@@ -54,7 +55,7 @@ def create_plan(foresight: ForesightDep, request: MaintenancePlanRequest) -> dic
     summary="One maintenance plan",
     responses=NOT_FOUND,
 )
-def get_plan(foresight: ForesightDep, plan_id: int) -> dict[str, Any]:
+def get_plan(foresight: ForesightDep, plan_id: PlanId) -> dict[str, Any]:
     return foresight.schedule.plan(plan_id)
 
 
@@ -65,7 +66,7 @@ def get_plan(foresight: ForesightDep, plan_id: int) -> dict[str, Any]:
     summary="Schedule a plan's windows (allocations keep them free)",
     responses={**NOT_FOUND, 409: {"description": "accepted already"}},
 )
-def accept(foresight: ForesightDep, plan_id: int) -> dict[str, Any]:
+def accept(foresight: ForesightDep, plan_id: PlanId) -> dict[str, Any]:
     """Windows of the same machines from earlier plans that have not started are superseded."""
     windows = foresight.schedule.accept(plan_id, int(time.time() * 1000))
     return {"items": [w.public() for w in windows]}
