@@ -17,11 +17,11 @@ from typing import Any
 from twin.errors import InvalidRequest, NotFound
 from twin.foresight.advice import Controls, advise, load_controls
 from twin.foresight.forecast import MAX_STEPS, Trajectory, forecast, trajectories
-from twin.foresight.scenario import TOOL_CHANGE, WEAR, Scenario, check, project, score, whatif
+from twin.foresight.scenario import TOOL_CHANGE, WEAR, Scenario, check, project, whatif
 from twin.model import Predictor
 from twin.planning.maintenance import Action, Costs, MachinePath, plan
 from twin.planning.schedule import MaintenanceSchedule
-from twin.risk import RiskScorer, model_for
+from twin.risk import RiskScorer, model_for, model_row
 from twin.state import FleetState, MachineSnapshot
 
 __all__ = [
@@ -60,13 +60,16 @@ class Foresight:
         model = model_for(self.scorer.models(), snap.site)
         if model is None:
             raise InvalidRequest(f"{machine} cannot be scored: no active model")
-        score(model, snap)  # a 422 naming the missing signals, before any projection
+        # A 422 naming the missing signals, before any projection: the row is enough to know.
+        row, reason = model_row(model, snap.values, snap.type, snap.history, snap.latest_ts)
+        if row is None:
+            raise InvalidRequest(f"{machine} cannot be scored: {reason}")
         serviced = snap.last_events.get("maintenance")
-        if serviced and serviced["code"] == TOOL_CHANGE and serviced["ts"] > snap.latest_ts:
-            # The tool was changed after the last reading: the future starts from a new tool.
-            snap = dataclasses.replace(
-                project(snap, Scenario(events=[TOOL_CHANGE])), history=snap.history
-            )
+        changed = serviced and serviced["code"] == TOOL_CHANGE and serviced["ts"] > snap.latest_ts
+        if changed and WEAR in snap.values:
+            # The tool was changed after the last reading (its history has the event already):
+            # the future starts from a new tool.
+            snap = dataclasses.replace(snap, values={**snap.values, WEAR: 0.0})
         return model, snap
 
     def whatif(self, machine: str, scenario: Scenario) -> dict[str, Any]:
