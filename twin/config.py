@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import tomllib
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -22,23 +23,89 @@ ROLE_GRANTS = {"read": ("read",), "operate": ("read", "operate"), "admin": ROLES
 M = TypeVar("M", bound=BaseModel)
 
 
-def read_toml(path: Path, model: type[M]) -> M:
-    """A TOML file validated as `model`; `ConfigError` names the file and the key:
-    `gateway.toml: server[0].machine[1].signals.torque_nm: Field required`."""
+Loc = tuple[int | str, ...]
+
+
+def read_toml(
+    path: Path, model: type[M], check: Callable[[M], Iterable[tuple[Loc, str]]] | None = None
+) -> M:
+    """A TOML file validated as `model`, then by `check` (problems that need the whole file:
+    its key path and the reason); `ConfigError` names the file, the line and the key:
+    `gateway.toml: line 7: server[0].machine[1].signals.torque_nm: Field required`."""
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        data = tomllib.loads(text)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not TOML: {exc}") from exc
     try:
-        return model.model_validate(data)
+        validated = model.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
-        key = ""
-        for part in error["loc"]:
-            key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
-        raise ConfigError(f"{path}: {key or 'the file'}: {error['msg']}") from None
+        raise _located(path, text, error["loc"], error["msg"]) from None
+    for loc, problem in check(validated) if check else ():
+        raise _located(path, text, loc, problem)
+    return validated
+
+
+def _located(path: Path, text: str, loc: Loc, problem: str) -> ConfigError:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    line = toml_line(text, loc)
+    where = f"line {line}: " if line else ""
+    return ConfigError(f"{path}: {where}{key or 'the file'}: {problem}")
+
+
+_TABLE = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(
+    r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
+)
+_PART = re.compile(r"""[A-Za-z0-9_-]+|"[^"]*"|'[^']*'""")
+
+
+def toml_line(text: str, loc: Loc) -> int | None:
+    """The line that defines the deepest part of `loc` (a validation error's path) that the
+    text names: a table header or a `key = value` line. None when it names none of it (a
+    missing top-level key). Array-of-tables headers count their entries, as TOML does."""
+    lines: dict[Loc, int] = {}
+    arrays: dict[Loc, int] = {}  # an array of tables -> its last index
+
+    def resolve(keys: list[str]) -> list[int | str]:
+        out: list[int | str] = []
+        for k in keys:
+            out.append(k)
+            if tuple(out) in arrays:
+                out.append(arrays[tuple(out)])
+        return out
+
+    def parts(dotted: str) -> list[str]:
+        return [p.strip("\"'") for p in _PART.findall(dotted)]
+
+    table: list[int | str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _TABLE.match(line)
+        if header:
+            keys = parts(header.group(2))
+            if header.group(1) == "[[":
+                array = (*resolve(keys[:-1]), keys[-1])
+                arrays[array] = arrays.get(array, -1) + 1
+                table = [*array, arrays[array]]
+            else:
+                table = resolve(keys)
+            for end in range(1, len(table) + 1):  # a header defines its parents too
+                lines.setdefault(tuple(table[:end]), number)
+            continue
+        key = _KEY.match(line)
+        if key:
+            full = [*table, *parts(key.group(1))]
+            for end in range(len(table) + 1, len(full) + 1):
+                lines.setdefault(tuple(full[:end]), number)
+    for end in range(len(loc), 0, -1):
+        if tuple(loc[:end]) in lines:
+            return lines[tuple(loc[:end])]
+    return None
 
 
 def _host_id() -> str:
@@ -101,6 +168,9 @@ class Settings(BaseSettings):
     alert_rules: Path | None = None  # a TOML file of [[rule]] tables, added to the defaults
     alert_retention_s: float = Field(default=7 * 24 * 3600, gt=0)
     controls: Path | None = None  # TOML: the signals setpoint advice may change, per type
+    catalogue: Path | None = None  # TOML: the products orders configure (else the bundled one)
+    order_transfer_min: float = Field(default=60.0, ge=0)  # moving an order between sites
+    order_repair_min: float = Field(default=60.0, gt=0)  # an order's delay per failure
     twin_publish_interval_s: float = Field(default=1.0, ge=0)  # retained twin states, per machine
     twin_publish_max_per_s: float = Field(default=2000.0, ge=0)  # fleet-wide; 0: no budget
     stream_buffer: int = Field(default=1000, ge=1)  # events a /stream client may fall behind

@@ -27,6 +27,7 @@ from twin.forwarder import Forwarder
 from twin.history import HistoryOutbox, HistoryStore
 from twin.ingest import Ingest
 from twin.journal import Journal
+from twin.orders import Quoter, load_catalogue
 from twin.pipeline import Inbox, Pipeline
 from twin.planning.schedule import MaintenanceSchedule
 from twin.sparkplug.host import SparkplugHost
@@ -106,9 +107,17 @@ class Twin:
         )
 
         # Beside the flow: the twin as a simulator (what-if, forecasts, advice, maintenance
-        # plans) on detached snapshots; training; history read back for the API.
+        # plans) on detached snapshots; quotes; training; history read back for the API.
         self.foresight = Foresight(
             self.state, self.scorer, load_controls(s.controls), self.schedule
+        )
+        # Personalised orders: the catalogue (a bad file stops start-up) and quotes on the fleet.
+        self.quoter = Quoter(
+            load_catalogue(s.catalogue),
+            self.planner,
+            self.foresight,
+            s.order_transfer_min,
+            s.order_repair_min,
         )
         home = LocalModels(self.registry, self.scorer, self.state)
         self.trainer = Trainer(self.history_store, home, s.history_bucket_s * 1000)

@@ -17,6 +17,7 @@ from twin.config import Settings
 from twin.deadletters import DeadLetters
 from twin.foresight import Foresight
 from twin.model import Registry
+from twin.orders import Quoter
 from twin.planning import AllocationLedger
 from twin.risk import RiskScorer
 from twin.service import Twin
@@ -81,6 +82,7 @@ DeadLettersDep = Annotated[DeadLetters, Depends(_part(lambda t: t.deadletters))]
 HubDep = Annotated[EventHub, Depends(_hub)]
 HistoryDep = Annotated[History, Depends(_part(lambda t: t.history))]
 ForesightDep = Annotated[Foresight, Depends(_part(lambda t: t.foresight))]
+QuoterDep = Annotated[Quoter, Depends(_part(lambda t: t.quoter))]
 StatusDep = Annotated[TwinStatus, Depends(_part(lambda t: t.status()))]
 
 _bearer = HTTPBearer(

@@ -23,6 +23,7 @@ from twin.api import (
     maintenance,
     metrics,
     model,
+    orders,
     stream,
 )
 from twin.api.deps import ACCESS_ERRORS, ReadAccess, Service, bind
@@ -111,7 +112,17 @@ def install(app: FastAPI, twin: Service) -> None:
     app.include_router(metrics.router)
     metrics.install_metrics(app)
     dashboard.install_dashboard(app)
-    resources = (machines, foresight, maintenance, alerts, allocations, stream, model, deadletters)
+    resources = (
+        machines,
+        foresight,
+        maintenance,
+        alerts,
+        allocations,
+        orders,
+        stream,
+        model,
+        deadletters,
+    )
     for resource in resources:
         app.include_router(resource.router, dependencies=[ReadAccess], responses=ACCESS_ERRORS)
     install_errors(app)

@@ -539,3 +539,69 @@ class MaintenanceWindowPublic(BaseModel):
 
 class MaintenancePage(BaseModel):
     items: list[MaintenanceWindowPublic]
+
+
+class CataloguePublic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    products: list[dict[str, Any]] = Field(
+        description="id, name, price_per_unit, currency, operations, options {name: {values? "
+        "| pattern and max_length, default, effects}}, rules"
+    )
+
+
+class QuoteRequest(RequestModel):
+    product: str = Field(min_length=1, max_length=64)
+    options: dict[str, str] = Field(
+        default_factory=dict, max_length=64, description="option -> value (else its default)"
+    )
+    quantity: int = Field(default=1, ge=1, le=1_000_000)
+    due: str | None = Field(default=None, description="RFC 3339, with an offset")
+    customer: str | None = Field(default=None, max_length=200)
+    max_risk: float | None = Field(default=None, ge=0, le=1)
+
+
+class BookingPublic(BaseModel):
+    operation: str
+    machine: str
+    site: str
+    quantity: int
+    start_min: float
+    end_min: float
+    transfer_min: float
+    risk: float | None
+
+
+class PromisePublic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    completion: str = Field(description="RFC 3339, UTC")
+    completion_min: float = Field(description="minutes from the quote")
+    on_time: bool | None
+    p_on_time: float | None = Field(description="the chance of finishing by the due time")
+    p_no_failure: float
+    expected_failures: float
+    operations: list[BookingPublic]
+
+
+class AlternativePublic(PromisePublic):
+    kind: str = Field(description="site | split")
+    description: str
+
+
+class QuotePublic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    product: str
+    name: str
+    options: dict[str, str]
+    quantity: int
+    customer: str | None
+    due: str | None
+    quoted_at: str
+    scheme: dict[str, Any] = Field(description="operations (with durations), work_min, price")
+    max_risk: float
+    excluded: list[dict[str, Any]]
+    promise: PromisePublic | None
+    unavailable: str | None = Field(description="why no promise can be made")
+    alternatives: list[AlternativePublic]

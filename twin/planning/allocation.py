@@ -57,9 +57,10 @@ class Allocation:
     solver: dict[str, Any]
 
 
-def _excluded(
+def usable_machines(
     machines: list[Machine], max_risk: float
 ) -> tuple[list[Machine], list[dict[str, Any]]]:
+    """The machines online and scored at or under `max_risk`, and the others with why."""
     usable: list[Machine] = []
     excluded: list[dict[str, Any]] = []
     for m in machines:
@@ -130,7 +131,7 @@ def allocate(
     """`method`: "auto" (MILP up to MILP_MAX_PAIRS pairs), or force "milp" or "greedy"."""
     started = time.perf_counter()
     tasks = sorted(tasks, key=lambda t: t.id)
-    usable, excluded = _excluded(sorted(machines, key=lambda m: m.machine), max_risk)
+    usable, excluded = usable_machines(sorted(machines, key=lambda m: m.machine), max_risk)
     usable, serviced = _around_maintenance(usable, horizon_min)
     excluded += serviced
     count = _pair_count(tasks, usable)

@@ -62,7 +62,18 @@ class AllocationLedger:
         model = self.scorer.model(DEFAULT_SCOPE)
         return model.threshold if model is not None else DEFAULT_MAX_RISK
 
-    def _fleet(self, load: dict[str, float] | None = None) -> list[Machine]:
+    def committed(self, now_ms: float) -> dict[str, float]:
+        """Per machine, the minutes from now until its kept allocations' work ends."""
+        with self._lock:
+            ends: dict[str, float] = {}
+            for record in self.allocations.values():
+                for a in record["assignments"]:
+                    end = record["created_at"] + a["end_min"] * 60_000
+                    ends[a["machine"]] = max(ends.get(a["machine"], now_ms), end)
+        return {m: (end - now_ms) / 60_000 for m, end in ends.items() if end > now_ms}
+
+    def fleet(self, load: dict[str, float] | None = None) -> list[Machine]:
+        """Every machine as planning sees it: health, `load` (minutes), its next window."""
         load = load or {}
         now = time.time() * 1000
         windows = {} if self.schedule is None else self.schedule.upcoming()
@@ -87,7 +98,7 @@ class AllocationLedger:
         self, tasks: list[Task], horizon_min: float, max_risk: float | None
     ) -> dict[str, Any]:
         limit = self.default_max_risk() if max_risk is None else max_risk
-        result = allocate(tasks, self._fleet(), horizon_min, limit)
+        result = allocate(tasks, self.fleet(), horizon_min, limit)
         with self._lock:
             record = new_record(next(self._ids), tasks, horizon_min, limit, result)
             self.allocations[record["id"]] = record
@@ -117,7 +128,7 @@ class AllocationLedger:
         with self._lock:
             record = self._record(allocation_id)
             affected, keep, moving, load = replan_inputs(record)
-        fleet = [m for m in self._fleet(load) if m.machine not in affected]
+        fleet = [m for m in self.fleet(load) if m.machine not in affected]
         moved = allocate(moving, fleet, record["horizon_min"], record["max_risk"])
         with self._lock:
             apply_replan(record, keep, moved)

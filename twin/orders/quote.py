@@ -1,0 +1,314 @@
+"""Quotes: a customer's choices become a customised scheme, promised against the live fleet.
+
+`configure` turns a product and options (defaults for those left out) into the scheme: the
+routing in sequence with each operation's duration for the quantity (set-up plus minutes per
+unit), and the price. An unknown option, a value an option does not allow, or a combination a
+rule forbids is an `InvalidRequest` naming it.
+
+`promise` is capable-to-promise on the fleet as it is: only machines online and under the risk
+limit, each free from the end of its accepted work, around its accepted maintenance window.
+Operations run in routing order; each goes to the eligible machine (its type, its site if it
+names one) where it ends first, starting when the previous one has ended, plus
+`transfer_min` when the work moves to another site. The chance of finishing on time comes
+from the forecasts of the machines used: the expected number of failures during their
+operations (the sum of each forecast's chance of a failure per step, `Foresight.paths`), each
+failure delaying the order by `repair_min`; with failures as a Poisson count, the order is on
+time if no more of them happen than its slack before the due time absorbs. Up to two
+alternatives: the whole routing at another site, and the quantity split into two lots.
+Deterministic: the same request and fleet give the same scheme and times (minutes from now).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from scipy.stats import poisson
+
+from twin.errors import InvalidRequest
+from twin.orders.catalogue import Catalogue, Operation, Product
+from twin.planning.allocation import Machine, usable_machines
+
+MINUTE_MS = 60_000
+TRANSFER_MIN = 60.0  # moving work between sites
+REPAIR_MIN = 60.0  # the delay one failure causes
+
+
+@dataclass(frozen=True)
+class Step:
+    """One operation of a customised scheme, for the quantity ordered."""
+
+    name: str
+    machine_type: str | None
+    site: str | None
+    setup_min: float
+    minutes_per_unit: float
+    quantity: int
+
+    @property
+    def duration_min(self) -> float:
+        return self.setup_min + self.minutes_per_unit * self.quantity
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "machine_type": self.machine_type,
+            "site": self.site,
+            "setup_min": self.setup_min,
+            "minutes_per_unit": round(self.minutes_per_unit, 6),
+            "duration_min": round(self.duration_min, 6),
+        }
+
+
+@dataclass(frozen=True)
+class Scheme:
+    product: Product
+    options: dict[str, str]
+    quantity: int
+    steps: list[Step]
+    price_per_unit: float
+    price_once: float
+
+    def public(self) -> dict[str, Any]:
+        total = self.price_per_unit * self.quantity + self.price_once
+        return {
+            "operations": [s.public() for s in self.steps],
+            "work_min": round(sum(s.duration_min for s in self.steps), 6),
+            "price": {
+                "per_unit": round(self.price_per_unit, 2),
+                "once": round(self.price_once, 2),
+                "total": round(total, 2),
+                "currency": self.product.currency,
+            },
+        }
+
+
+def configure(
+    catalogue: Catalogue, product_id: str, options: Mapping[str, str], quantity: int
+) -> Scheme:
+    product = catalogue.product(product_id)
+    unknown = sorted(set(options) - set(product.options))
+    if unknown:
+        known = ", ".join(product.options) or "none"
+        raise InvalidRequest(f"{product.id} has no option {', '.join(unknown)} (it has {known})")
+    chosen = {name: options.get(name, option.default) for name, option in product.options.items()}
+    for name, value in chosen.items():
+        problem = product.options[name].check(value)
+        if problem:
+            raise InvalidRequest(f"option {name} = {value!r}: {problem}")
+    for rule in product.rules:
+        if all(chosen[k] == v for k, v in rule.forbid.items()):
+            combination = ", ".join(f"{k} = {v}" for k, v in rule.forbid.items())
+            raise InvalidRequest(f"{combination} cannot be combined: {rule.reason}")
+
+    def step(o: Operation) -> Step:
+        return Step(o.name, o.machine_type, o.site, o.setup_min, o.minutes_per_unit, quantity)
+
+    steps = [step(o) for o in product.operations]
+    per_unit, once = product.price_per_unit, 0.0
+    for name, option in product.options.items():
+        effect = option.effect_of(chosen[name])
+        if effect is None:
+            continue
+        per_unit += effect.price_per_unit
+        once += effect.price
+        for op in effect.operations:
+            names = [s.name for s in steps]
+            steps.insert(names.index(op.after) + 1 if op.after else len(steps), step(op))
+        steps = [
+            replace(s, minutes_per_unit=s.minutes_per_unit * effect.scale.get(s.name, 1.0))
+            for s in steps
+        ]
+    return Scheme(product, chosen, quantity, steps, per_unit, once)
+
+
+@dataclass(frozen=True)
+class Booking:
+    step: Step
+    machine: Machine
+    start_min: float
+    end_min: float
+    transfer_min: float
+
+
+Hazard = Callable[[str, float, float], float]  # machine, start, end (min) -> expected failures
+
+
+def schedule(
+    steps: list[Step], machines: list[Machine], transfer_min: float, site: str | None = None
+) -> list[Booking] | str:
+    """Each step in order where it ends first (`site` pins steps that name none); the bookings,
+    or why a step has no machine. Machines are taken with their `load_min` and window."""
+    free = {m.machine: m.load_min for m in machines}
+    ready, here, out = 0.0, None, []
+    for step in steps:
+        where = step.site or site
+        best: tuple[tuple[float, float, str], Booking] | None = None
+        for m in machines:
+            if step.machine_type is not None and m.type != step.machine_type:
+                continue
+            if where is not None and m.site != where:
+                continue
+            moved = transfer_min if here is not None and m.site != here else 0.0
+            start = max(ready + moved, free[m.machine])
+            window = m.maintenance
+            if window is not None and start < window[1] and start + step.duration_min > window[0]:
+                start = window[1]  # not across the window
+            end = start + step.duration_min
+            key = (end, m.risk or 0.0, m.machine)
+            if best is None or key < best[0]:
+                best = (key, Booking(step, m, start, end, moved))
+        if best is None:
+            needs = [f"type {step.machine_type}" if step.machine_type else "", where or ""]
+            what = " at site ".join(x for x in needs if x) or "any"
+            return f"no usable machine ({what}) for operation {step.name}"
+        booking = best[1]
+        out.append(booking)
+        free[booking.machine.machine] = booking.end_min
+        ready, here = booking.end_min, booking.machine.site
+    return out
+
+
+def split(steps: list[Step]) -> tuple[list[Step], list[Step]]:
+    """The routing for two lots of about half the quantity each (each pays its set-ups)."""
+    quantity = steps[0].quantity
+    first = math.ceil(quantity / 2)
+    return (
+        [replace(s, quantity=first) for s in steps],
+        [replace(s, quantity=quantity - first) for s in steps],
+    )
+
+
+def promise_of(
+    bookings: list[Booking],
+    hazard: Hazard,
+    now_ms: int,
+    due_min: float | None,
+    repair_min: float,
+) -> dict[str, Any]:
+    completion = max(b.end_min for b in bookings)
+    expected = sum(hazard(b.machine.machine, b.start_min, b.end_min) for b in bookings)
+    p_on_time = None
+    if due_min is not None:
+        slack = due_min - completion
+        p_on_time = (
+            0.0 if slack < 0 else float(poisson.cdf(math.floor(slack / repair_min), expected))
+        )
+    return {
+        "completion": _rfc3339(now_ms + completion * MINUTE_MS),
+        "completion_min": round(completion, 3),
+        "on_time": None if due_min is None else completion <= due_min,
+        "p_on_time": None if p_on_time is None else round(p_on_time, 4),
+        "p_no_failure": round(math.exp(-expected), 4),
+        "expected_failures": round(expected, 4),
+        "operations": [
+            {
+                "operation": b.step.name,
+                "machine": b.machine.machine,
+                "site": b.machine.site,
+                "quantity": b.step.quantity,
+                "start_min": round(b.start_min, 3),
+                "end_min": round(b.end_min, 3),
+                "transfer_min": b.transfer_min,
+                "risk": b.machine.risk,
+            }
+            for b in bookings
+        ],
+    }
+
+
+def _rfc3339(ms: float) -> str:
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
+@dataclass(frozen=True)
+class QuoteRequest:
+    product: str
+    options: dict[str, str]
+    quantity: int
+    due_ms: int | None = None
+    customer: str | None = None
+    max_risk: float | None = None
+
+
+def plans(
+    scheme: Scheme, machines: list[Machine], transfer_min: float
+) -> tuple[list[Booking] | str, list[tuple[str, str, list[Booking]]]]:
+    """The promised plan (or why there is none) and the alternatives: (kind, description,
+    bookings), the earliest first, at most two."""
+    primary = schedule(scheme.steps, machines, transfer_min)
+    alternatives: list[tuple[str, str, list[Booking]]] = []
+    if isinstance(primary, str):
+        return primary, alternatives
+    used = {b.machine.site for b in primary}
+    by_site: list[tuple[float, str, list[Booking]]] = []
+    for site in sorted({m.site for m in machines} - (used if len(used) == 1 else set())):
+        at = schedule(scheme.steps, machines, transfer_min, site)
+        if not isinstance(at, str):
+            by_site.append((max(b.end_min for b in at), site, at))
+    if by_site:
+        _, site, at = min(by_site, key=lambda x: (x[0], x[1]))
+        alternatives.append(("site", f"every operation at site {site}", at))
+    if scheme.quantity >= 2:
+        first, second = split(scheme.steps)
+        lot1 = schedule(first, machines, transfer_min)
+        if not isinstance(lot1, str):
+            busy = {b.machine.machine: b.end_min for b in lot1}
+            after = [
+                replace(m, load_min=max(m.load_min, busy.get(m.machine, 0.0))) for m in machines
+            ]
+            lot2 = schedule(second, after, transfer_min)
+            if not isinstance(lot2, str):
+                lots = f"two lots of {first[0].quantity} and {second[0].quantity}"
+                alternatives.append(("split", lots, lot1 + lot2))
+    alternatives.sort(key=lambda a: (max(b.end_min for b in a[2]), a[0]))
+    return primary, alternatives[:2]
+
+
+def quote(
+    catalogue: Catalogue,
+    request: QuoteRequest,
+    fleet: list[Machine],
+    max_risk: float,
+    hazard_for: Callable[[set[str], float], Hazard],
+    now_ms: int,
+    transfer_min: float = TRANSFER_MIN,
+    repair_min: float = REPAIR_MIN,
+) -> dict[str, Any]:
+    """The scheme and its promise; `hazard_for(machines, horizon_min)` gives the forecasts."""
+    scheme = configure(catalogue, request.product, request.options, request.quantity)
+    machines, excluded = usable_machines(sorted(fleet, key=lambda m: m.machine), max_risk)
+    primary, alternatives = plans(scheme, machines, transfer_min)
+    due_min = None if request.due_ms is None else (request.due_ms - now_ms) / MINUTE_MS
+    body: dict[str, Any] = {
+        "product": scheme.product.id,
+        "name": scheme.product.name,
+        "options": scheme.options,
+        "quantity": scheme.quantity,
+        "customer": request.customer,
+        "due": None if request.due_ms is None else _rfc3339(request.due_ms),
+        "quoted_at": _rfc3339(now_ms),
+        "scheme": scheme.public(),
+        "max_risk": max_risk,
+        "excluded": excluded,
+        "promise": None,
+        "unavailable": None,
+        "alternatives": [],
+    }
+    if isinstance(primary, str):
+        body["unavailable"] = primary
+        return body
+    every = [primary, *(b for _, _, b in alternatives)]
+    horizon = max(b.end_min for bookings in every for b in bookings)
+    hazard = hazard_for({b.machine.machine for bookings in every for b in bookings}, horizon)
+    body["promise"] = promise_of(primary, hazard, now_ms, due_min, repair_min)
+    body["alternatives"] = [
+        {"kind": kind, "description": text, **promise_of(b, hazard, now_ms, due_min, repair_min)}
+        for kind, text, b in alternatives
+    ]
+    return body
