@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 from tests.conftest import TOKEN, feed_pipeline
 from tests.services import wait_until
@@ -17,8 +21,9 @@ from twin.app import create_app
 from twin.config import Settings
 from twin.errors import ConfigError, InvalidRequest
 from twin.orders import load_catalogue
-from twin.orders.quote import configure, promise_of, schedule
+from twin.orders.quote import configure, promise_of
 from twin.planning import Machine
+from twin.planning.routing import Step, schedule
 from twin.service import Twin
 
 CATALOGUE = """\
@@ -376,3 +381,253 @@ def test_the_catalogue_is_served_and_reads_follow_the_access_rules(
             },
         }
         assert product["options"]["label"]["pattern"] == "[A-Z]+"
+
+
+# Orders: placed, scheduled after the work the fleet holds, followed by job events.
+
+
+@pytest.fixture
+def shop(settings: Settings, catalogue_file: Path) -> Any:
+    """A twin with two cutters (L) and two drills (M), all healthy and online."""
+    twin = Twin(settings.model_copy(update={"api_tokens": "t0k", "catalogue": catalogue_file}))
+    with TestClient(create_app(twin.settings, twin)) as client:
+        names = {"L1": "L", "L2": "L", "M1": "M", "M3": "M"}
+        feed_pipeline(
+            twin,
+            *(status(n, t) for n, t in names.items()),
+            *(reading(n, 1) for n in names),
+        )
+        wait_until(lambda: all((twin.state.get(m) or {}).get("risk") for m in names), 10, "scored")
+        yield twin, client
+
+
+def job(machine: str, code: str, name: str, ts: int) -> tuple[str, dict[str, Any]]:
+    body = {"type": "job", "code": code, "job": name, "ts": ts}
+    return (f"factory/s1/{machine}/event", body)
+
+
+def place(client: TestClient, **body: Any) -> dict[str, Any]:
+    answer = client.post("/orders", json={"product": "plate", **body}, headers=TOKEN)
+    assert answer.status_code == 201, answer.text
+    order: dict[str, Any] = answer.json()
+    return order
+
+
+def spans(order: dict[str, Any]) -> list[tuple[str, str, float, float]]:
+    t0 = order["created_at"]
+    return [
+        (
+            op["name"],
+            op["machine"],
+            (op["planned_start_ms"] - t0) / 60_000,
+            (op["planned_end_ms"] - t0) / 60_000,
+        )
+        for op in order["operations"]
+    ]
+
+
+def test_orders_follow_their_routing_after_the_work_already_booked(shop: Any) -> None:
+    twin, client = shop
+    first = place(client, quantity=10)
+    assert first["status"] == "accepted"
+    assert spans(first) == [("cut", "L1", 0, 30), ("drill", "M1", 30, 45)]
+    # The next order takes the other cutter and the other drill: they end first.
+    second = place(client, quantity=10)
+    assert spans(second) == [("cut", "L2", 0, 30), ("drill", "M3", 30, 45)]
+    # A third queues behind the first (the tie goes by id), never beside it.
+    third = place(client, quantity=5)
+    got = spans(third)
+    assert got[0][1] == "L1"
+    assert got[0][2] == pytest.approx(30, abs=0.01)
+    assert got[1][2] == pytest.approx(max(got[0][3], 45), abs=0.01)
+    assert twin.orders.jobs("L1")[0]["job"] == f"{first['id']}/cut"
+    assert [j["order"] for j in twin.orders.jobs("L1")] == [first["id"], third["id"]]
+    page = client.get("/orders", params={"limit": 2}).json()
+    assert page["total"] == 3
+    assert [o["id"] for o in page["items"]] == [third["id"], second["id"]]
+    assert client.get("/orders", params={"status": "done"}).json()["total"] == 0
+    # A quote sees the booked work too.
+    quote = client.post("/orders/quote", json={"product": "plate", "quantity": 10}).json()
+    assert quote["promise"]["operations"][0]["start_min"] >= 29.9
+
+
+def test_job_events_move_an_order_to_done_and_its_eta_follows(shop: Any) -> None:
+    twin, client = shop
+    order = place(client, quantity=10, due="2100-01-01T00:00:00Z")
+    oid, now = order["id"], int(time.time() * 1000)
+    feed_pipeline(twin, job("L1", "started", f"{oid}/cut", now + 4 * 60_000))
+    got = client.get(f"/orders/{oid}").json()
+    assert got["status"] == "in_production"
+    assert got["operations"][0]["state"] == "started"
+    # The cut started 4 minutes late: the drill waits for it, the ETA moves 4 minutes on.
+    assert got["eta_ms"] == pytest.approx(order["eta_ms"] + 4 * 60_000, abs=1000)
+    feed_pipeline(twin, job("L1", "done", f"{oid}/cut", now + 4 * 60_000 + 1000))
+    got = client.get(f"/orders/{oid}").json()
+    # Done early: the drill keeps its planned start (the machine expects it then).
+    assert got["eta_ms"] == order["eta_ms"]
+    assert [j["job"] for j in twin.orders.jobs("L1")] == []
+    assert twin.orders.jobs("M1")[0]["job"] == f"{oid}/drill"
+    # A replayed or repeated event changes nothing; an unknown job is only logged.
+    feed_pipeline(
+        twin, job("L1", "started", f"{oid}/cut", now + 2000), job("M1", "done", "99/x", now)
+    )
+    assert client.get(f"/orders/{oid}").json()["operations"][0]["state"] == "done"
+    feed_pipeline(twin, job("M1", "done", f"{oid}/drill", now + 4 * 60_000 + 3000))
+    got = client.get(f"/orders/{oid}").json()
+    assert got["status"] == "done"
+    assert got["on_time"] is True
+    assert got["done_at"] == now + 4 * 60_000 + 3000
+    assert client.post(f"/orders/{oid}/cancel", headers=TOKEN).status_code == 409
+    # A job event without its job is a bad event, dead-lettered.
+    feed_pipeline(twin, ("factory/s1/M1/event", {"type": "job", "code": "started"}))
+    letters = client.get("/deadletters").json()["items"]
+    assert letters[0]["reason"] == "bad_event"
+    assert "names its job" in letters[0]["detail"]
+
+
+def test_a_machine_going_offline_mid_order_moves_its_unstarted_operations(shop: Any) -> None:
+    twin, client = shop
+    place(client, quantity=10)  # L1 and M1
+    order = place(client, quantity=10)  # L2 and M3
+    oid, now = order["id"], int(time.time() * 1000)
+    feed_pipeline(twin, job("L2", "started", f"{oid}/cut", now))
+    feed_pipeline(twin, status("M3", "M", "offline"))
+
+    def moved() -> bool:
+        return bool(client.get(f"/orders/{oid}").json()["replans"])
+
+    wait_until(moved, 10, "the order re-planned")
+    got = client.get(f"/orders/{oid}").json()
+    assert got["operations"][0]["machine"] == "L2"  # started: it stays
+    assert got["operations"][0]["state"] == "started"
+    drill = got["operations"][1]
+    assert drill["machine"] == "M1"
+    assert drill["state"] == "planned"
+    assert got["moves"][0]["from"] == "M3"
+    assert got["moves"][0]["to"] == "M1"
+    assert got["moves"][0]["why"] == "alert offline"
+    # M1 holds the first order's drill until 45 min: the moved drill queues behind it.
+    assert drill["planned_start_ms"] >= order["created_at"] + 45 * 60_000 - 1000
+    assert got["eta_ms"] > order["eta_ms"]
+    assert twin.orders.jobs("M3") == []
+
+
+def test_an_order_past_its_due_time_is_late_and_raises_order_late(shop: Any) -> None:
+    twin, client = shop
+    due = datetime.fromtimestamp(time.time() + 20 * 60).astimezone().isoformat()
+    order = place(client, quantity=10, due=due)  # 45 min of work, due in 20
+    assert order["status"] == "late"
+    assert order["on_time"] is False
+
+    def raised() -> bool:
+        alerts = client.get("/alerts", params={"machine": "L1"}).json()["items"]
+        return any(a["rule"] == "order_late" and a["state"] == "active" for a in alerts)
+
+    twin.alerts.sweep()
+    wait_until(raised, 10, "order_late raised")
+    client.post(f"/orders/{order['id']}/cancel", headers=TOKEN)
+    got = client.get(f"/orders/{order['id']}").json()
+    assert got["status"] == "cancelled"
+    assert all(op["state"] == "cancelled" for op in got["operations"])
+
+
+def test_orders_survive_a_restart(settings: Settings, catalogue_file: Path) -> None:
+    update = {"api_tokens": "t0k", "catalogue": catalogue_file}
+    twin = Twin(settings.model_copy(update=update))
+    with TestClient(create_app(twin.settings, twin)) as client:
+        feed_pipeline(
+            twin, status("L1", "L"), status("M1", "M"), reading("L1", 1), reading("M1", 1)
+        )
+        wait_until(
+            lambda: all((twin.state.get(m) or {}).get("risk") for m in ("L1", "M1")), 10, "scored"
+        )
+        placed = place(client, quantity=3, customer="ACME")
+    again = Twin(settings.model_copy(update=update))
+    with TestClient(create_app(again.settings, again)) as client:
+        got = client.get(f"/orders/{placed['id']}").json()
+        assert got == placed
+        assert again.orders.jobs("L1")[0]["job"] == f"{placed['id']}/cut"
+        assert client.get("/orders", params={"customer": "ACME"}).json()["total"] == 1
+
+
+def test_order_writes_need_the_operate_role(shop: Any) -> None:
+    _twin, client = shop
+    assert client.post("/orders", json={"product": "plate"}).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert client.post("/orders", json={"product": "plate"}, headers=wrong).status_code == 403
+    assert client.post("/orders/1/cancel").status_code == 401
+    bad = client.post("/orders", json={"product": "plate", "options": {"x": "1"}}, headers=TOKEN)
+    assert bad.status_code == 422
+    assert "no option x" in bad.json()["detail"]
+    assert client.get("/orders/12345").status_code == 404
+    assert client.post("/orders/12345/cancel", headers=TOKEN).status_code == 404
+    unplaceable = client.post("/orders", json={"product": "plate", "max_risk": 0.0}, headers=TOKEN)
+    assert unplaceable.status_code == 409
+    assert "no usable machine (type L) for operation cut" in unplaceable.json()["detail"]
+
+
+steps_st = st.lists(
+    st.builds(
+        Step,
+        name=st.sampled_from(["a", "b", "c", "d", "e"]),
+        machine_type=st.sampled_from(["A", "B"]),
+        site=st.sampled_from([None, None, "s1", "s2"]),
+        setup_min=st.floats(0, 30),
+        minutes_per_unit=st.floats(0, 5),
+        quantity=st.integers(1, 20),
+    ),
+    min_size=1,
+    max_size=5,
+)
+machines_st = st.lists(
+    st.builds(
+        lambda i, t, s, load, w: Machine(f"m{i}", s, t, True, 0.0, load_min=load, maintenance=w),
+        st.integers(0, 9),
+        st.sampled_from(["A", "B"]),
+        st.sampled_from(["s1", "s2"]),
+        st.floats(0, 60),
+        st.one_of(
+            st.none(),
+            st.tuples(st.floats(0, 100), st.floats(1, 60)).map(lambda x: (x[0], x[0] + x[1])),
+        ),
+    ),
+    min_size=1,
+    max_size=6,
+    unique_by=lambda m: m.machine,
+)
+
+
+@given(chains=st.lists(steps_st, min_size=1, max_size=6), fleet=machines_st)
+@examples(max_examples=200, deadline=None)
+def test_precedence_holds_and_no_machine_is_double_booked(
+    chains: list[list[Step]], fleet: list[Machine]
+) -> None:
+    """Chains scheduled one after another, each after what the machines hold, as orders are."""
+    booked: dict[str, list[tuple[float, float]]] = {m.machine: [] for m in fleet}
+    windows = {m.machine: m.maintenance for m in fleet}
+    for chain in chains:
+        machines = [
+            replace(m, load_min=max([m.load_min] + [end for _, end in booked[m.machine]]))
+            for m in fleet
+        ]
+        got = schedule(chain, machines, 30.0)
+        if isinstance(got, str):
+            continue
+        previous = None
+        for step, b in zip(chain, got, strict=True):
+            assert b.machine.type == step.machine_type
+            assert step.site is None or b.machine.site == step.site
+            assert b.end_min - b.start_min == pytest.approx(step.duration_min)
+            if previous is not None:
+                moved = 30.0 if previous.machine.site != b.machine.site else 0.0
+                assert b.start_min >= previous.end_min + moved - 1e-9
+                assert b.transfer_min == moved
+            window = windows[b.machine.machine]
+            if window is not None and b.end_min > b.start_min:
+                assert b.end_min <= window[0] + 1e-9 or b.start_min >= window[1] - 1e-9
+            previous = b
+        for b in got:
+            for start, end in booked[b.machine.machine]:
+                assert b.start_min >= end - 1e-9 or b.end_min <= start + 1e-9
+            booked[b.machine.machine].append((b.start_min, b.end_min))
+        assert got[0].start_min >= 0

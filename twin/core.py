@@ -8,7 +8,7 @@ the same `apply` and `react`, on one thread: the state's only writer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from twin.alerts import AlertManager, AlertStore
@@ -17,9 +17,10 @@ from twin.alerts.manager import Listener as AlertListener
 from twin.config import Settings
 from twin.deadletters import DeadLetters
 from twin.history import HistoryOutbox, HistoryPolicy
-from twin.messages import Decoded, Limits, RawMessage, Rejection, decode
+from twin.messages import Decoded, DeviceEvent, Limits, RawMessage, Rejection, decode
 from twin.model import Registry
 from twin.model.fleet import FEATURE_WINDOW_MS
+from twin.orders.book import OrderBook
 from twin.outbound import Outbound, Publish
 from twin.planning import AllocationLedger
 from twin.planning.schedule import MaintenanceSchedule
@@ -29,6 +30,8 @@ from twin.stream import EventHub
 from twin.topics import Topics
 
 log = logging.getLogger(__name__)
+
+EventListener = Callable[[str, str, DeviceEvent, int], None]  # site, machine, event, ts
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -65,6 +68,7 @@ class Core:
         alert_listeners: Sequence[AlertListener] = (),
         episodes: Episodes | None = None,
         schedule: MaintenanceSchedule | None = None,
+        orders: bool = False,
     ) -> None:
         s = settings
         self.state = state
@@ -85,18 +89,31 @@ class Core:
             state, self.registry, s.score_interval_ms / 1000, listeners=risk_listeners
         )
         self.planner = AllocationLedger(state, self.scorer, self.hub, schedule)
+        # Orders (`twin serve`): kept beside the alerts, told of job events and of trouble.
+        self.orders = (
+            OrderBook(alert_store, self.planner, self.hub, publish, topics, s.order_transfer_min)
+            if orders
+            else None
+        )
+        listeners = [self.outbound.alert, *alert_listeners, self.planner.on_alert]
+        if self.orders is not None:
+            listeners.append(self.orders.on_alert)
         self.alerts = AlertManager(
             state,
             AlertStore(alert_store),
             s.alert_retention_s,
-            listeners=[self.outbound.alert, *alert_listeners, self.planner.on_alert],
+            listeners=listeners,
             episodes=episodes,
             schedule=schedule,
+            orders=self.orders,
         )
 
     def apply(self, raws: Sequence[RawMessage]) -> set[MachineTwin]:
         """Decode and apply; dead-letter what is rejected; return the twins that changed."""
-        return apply_messages(raws, self.topics, self.limits, self.state, self.deadletters)
+        on_event = None if self.orders is None else self.orders.on_event
+        return apply_messages(
+            raws, self.topics, self.limits, self.state, self.deadletters, on_event
+        )
 
     def react(self, changed: set[MachineTwin]) -> None:
         """After each durable batch (and when idle): model, then alerts, then what goes out."""
@@ -113,8 +130,10 @@ def apply_messages(
     limits: Limits,
     state: FleetState,
     deadletters: DeadLetters,
+    on_event: EventListener | None = None,
 ) -> set[MachineTwin]:
-    """Decode and apply `raws` in order; dead-letter what is rejected; return what changed."""
+    """Decode and apply `raws` in order; dead-letter what is rejected; return what changed.
+    `on_event` hears every applied device event (job progress and failures, for orders)."""
     changed = set()
     for raw in raws:
         try:
@@ -129,6 +148,9 @@ def apply_messages(
             twin = None
         if twin is not None:
             changed.add(twin)
+            if on_event is not None and decoded.event is not None:
+                event = decoded.event
+                on_event(twin.site, twin.machine, event, event.ts or raw.received_ms)
         if decoded.rejections:
             deadletters.add(raw, decoded)
     return changed

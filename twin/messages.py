@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from twin.topics import Address, BadTopic, Topics
 
@@ -108,14 +108,24 @@ class Status(BaseModel):
 
 
 class DeviceEvent(BaseModel):
-    """A failure, maintenance or error event reported by a device on `.../event`."""
+    """A failure, maintenance, error or job event reported by a device on `.../event`."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     # birth, death and rebirth_request: a connection's life, as the Sparkplug host records it
-    type: Literal["failure", "maintenance", "error", "birth", "death", "rebirth_request"]
+    type: Literal["failure", "maintenance", "error", "job", "birth", "death", "rebirth_request"]
     ts: int | None = None
     code: str = Field(min_length=1, max_length=64)
+    job: str | None = Field(default=None, min_length=3, max_length=200)  # "<order>/<operation>"
+
+    @model_validator(mode="after")
+    def _job(self) -> DeviceEvent:
+        if self.type == "job":
+            if self.code not in ("started", "done"):
+                raise ValueError("a job event's code is 'started' or 'done'")
+            if self.job is None or "/" not in self.job:
+                raise ValueError("a job event names its job: '<order>/<operation>'")
+        return self
 
 
 @dataclass(frozen=True, slots=True)

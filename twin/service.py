@@ -89,9 +89,12 @@ class Twin:
             risk_listeners=[f.risks for f in self.forwarders],
             alert_listeners=[f.alert for f in self.forwarders],
             schedule=self.schedule,
+            orders=True,
         )
         self.hub, self.registry, self.scorer = self.core.hub, self.core.registry, self.core.scorer
         self.planner, self.alerts = self.core.planner, self.core.alerts
+        assert self.core.orders is not None
+        self.orders = self.core.orders
         self.pipeline = Pipeline(
             self.inbox,
             self.journal,
@@ -114,7 +117,7 @@ class Twin:
         # Personalised orders: the catalogue (a bad file stops start-up) and quotes on the fleet.
         self.quoter = Quoter(
             load_catalogue(s.catalogue),
-            self.planner,
+            self.orders,
             self.foresight,
             s.order_transfer_min,
             s.order_repair_min,
@@ -140,6 +143,7 @@ class Twin:
             self.journal.open()
             self.alerts.open(rules)
             self.schedule.open()
+            self.orders.open()
             self.history_store.open()
             self.scorer.start()
             self.pipeline.start()
@@ -171,6 +175,7 @@ class Twin:
             forwarder.stop()
         self.history_store.close()
         self.schedule.close()
+        self.orders.close()
         self.alerts.close()
         self.journal.close()
         self.lock.release()

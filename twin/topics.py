@@ -48,6 +48,15 @@ class Topics:
     def twin(self, site: str, machine: str) -> str:
         return f"{self.root}/{site}/{machine}/twin"
 
+    def jobs(self, site: str, machine: str) -> str:
+        """The machine's next operations (retained)."""
+        return f"{self.root}/{site}/{machine}/jobs"
+
+    @property
+    def orders(self) -> str:
+        """Every order change."""
+        return f"{self.root}/$twin/orders"
+
     @property
     def twin_status(self) -> str:
         """The twin's own birth and last-will topic."""

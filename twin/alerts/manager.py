@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 Listener = Callable[[Alert], None]
 
 
+class LateOrders(Protocol):
+    def late_on(self, machine: str, now_ms: int) -> dict[str, Any] | None:
+        """A late order whose next operation is on `machine` (order, eta, due), or None."""
+
+
 class Episodes(Protocol):
     """Where a cluster keeps its open alerts, one per (site, machine, rule), so that two
     workers (a former owner of a partition and the next) never raise the same one twice."""
@@ -44,7 +49,12 @@ class Episodes(Protocol):
         """The episode is over."""
 
 
-_TIMED = ("offline", "stale", "maintenance")  # kinds whose condition can change with time alone
+_TIMED = (
+    "offline",
+    "stale",
+    "maintenance",
+    "order",
+)  # kinds whose condition can change with time alone
 
 
 class AlertManager:
@@ -58,8 +68,10 @@ class AlertManager:
         listeners: Sequence[Listener] = (),
         episodes: Episodes | None = None,
         schedule: MaintenanceSchedule | None = None,
+        orders: LateOrders | None = None,
     ) -> None:
         self.state = state
+        self.orders = orders  # the order book, for `order` rules
         self.episodes = episodes
         self.schedule = schedule  # accepted maintenance windows, for `maintenance` rules
         self.store = store
@@ -182,6 +194,9 @@ class AlertManager:
                 timespec="seconds"
             )
             return True, None, {"action": window.action, "start": start, "window": window.id}
+        if rule.kind == "order":
+            late = None if self.orders is None else self.orders.late_on(twin.machine, now)
+            return late is not None, None, late or {}
         if rule.kind == "offline":
             silent = now - twin.last_seen > rule.timeout_s * 1000
             return twin.online is False or silent, None, {}

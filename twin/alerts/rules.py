@@ -4,9 +4,9 @@ Rule kinds: `threshold` (a signal above or below a level, with a `clear` level f
 `all` / `any` (combinations of conditions), `risk` (failure probability at or above the model's
 threshold, tied to the model version), `offline` (an `offline` status, or no message for
 `timeout_s`), `stale` (a signal whose value has not changed for `stale_s`), `maintenance` (an
-accepted maintenance window has started and the machine has not reported the service). Any rule
-may ask its condition to hold `for_s` seconds first, and may `escalate` its severity at higher
-levels.
+accepted maintenance window has started and the machine has not reported the service), `order`
+(a late order's next operation is on the machine). Any rule may ask its condition to hold
+`for_s` seconds first, and may `escalate` its severity at higher levels.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    kind: Literal["threshold", "all", "any", "risk", "offline", "stale", "maintenance"]
+    kind: Literal["threshold", "all", "any", "risk", "offline", "stale", "maintenance", "order"]
     severity: Severity = "major"
     message: str = "{machine}: {rule}"
     signal: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]{0,63}$")
@@ -110,6 +110,12 @@ DEFAULT_RULES = [
         kind="maintenance",
         severity="warning",
         message="{machine}: {action} due since {start} (maintenance window {window})",
+    ),
+    Rule(
+        id="order_late",
+        kind="order",
+        severity="warning",
+        message="{machine}: order {order} is late (ETA {eta}, due {due})",
     ),
     Rule(
         id="tool_wear_high",

@@ -605,3 +605,46 @@ class QuotePublic(BaseModel):
     promise: PromisePublic | None
     unavailable: str | None = Field(description="why no promise can be made")
     alternatives: list[AlternativePublic]
+
+
+class OrderOperationPublic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    seq: int
+    name: str
+    job: str = Field(description="<order>/<operation>, as the machine reports it")
+    machine: str
+    site: str
+    quantity: int
+    state: str = Field(description="planned | started | done | cancelled")
+    planned_start_ms: int
+    planned_end_ms: int
+    started_ms: int | None
+    done_ms: int | None
+
+
+class OrderPublic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    created_at: int
+    status: str = Field(description="accepted | in_production | late | done | cancelled")
+    product: str
+    options: dict[str, str]
+    quantity: int
+    customer: str | None
+    due: str | None
+    eta: str = Field(description="RFC 3339, recomputed from the operations' progress")
+    eta_ms: int
+    on_time: bool | None
+    price: dict[str, Any]
+    operations: list[OrderOperationPublic]
+    replans: int
+    moves: list[dict[str, Any]] = Field(description="the last re-plan's moves, with why")
+
+
+class OrderPage(BaseModel):
+    items: list[OrderPublic]
+    total: int
+    limit: int
+    offset: int

@@ -1,6 +1,7 @@
-"""Personalised orders: the catalogue (`catalogue`) and quotes against the live fleet
-(`quote`). `Quoter` joins them to the twin: the fleet as the allocation ledger sees it (health,
-accepted work, maintenance windows) and the forecasts of the machines a quote would use."""
+"""Personalised orders: the catalogue (`catalogue`), quotes against the live fleet (`quote`) and
+the order book (`book`). `Quoter` joins them to the twin: the fleet as the allocation ledger
+sees it (health, maintenance windows) with the work the ledger and the book hold, and the
+forecasts of the machines a quote would use."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from typing import Any
 
 from twin.foresight import Foresight
 from twin.foresight.forecast import MAX_STEPS
+from twin.orders.book import OrderBook
 from twin.orders.catalogue import Catalogue, load_catalogue
 from twin.orders.quote import REPAIR_MIN, TRANSFER_MIN, Hazard, QuoteRequest, quote
-from twin.planning import AllocationLedger
 
-__all__ = ["Catalogue", "QuoteRequest", "Quoter", "load_catalogue"]
+__all__ = ["Catalogue", "OrderBook", "QuoteRequest", "Quoter", "load_catalogue"]
 
 STEP_MIN = 10.0  # the forecasts' step, made longer for a horizon beyond MAX_STEPS of them
 
@@ -22,13 +23,14 @@ class Quoter:
     def __init__(
         self,
         catalogue: Catalogue,
-        planner: AllocationLedger,
+        book: OrderBook,
         foresight: Foresight,
         transfer_min: float = TRANSFER_MIN,
         repair_min: float = REPAIR_MIN,
     ) -> None:
         self.catalogue = catalogue
-        self.planner = planner
+        self.book = book
+        self.planner = book.planner
         self.foresight = foresight
         self.transfer_min = transfer_min
         self.repair_min = repair_min
@@ -36,7 +38,7 @@ class Quoter:
     def quote(self, request: QuoteRequest) -> dict[str, Any]:
         now = int(time.time() * 1000)
         limit = self.planner.default_max_risk() if request.max_risk is None else request.max_risk
-        fleet = self.planner.fleet(self.planner.committed(now))
+        fleet = self.planner.fleet(self.book.booked(now))
         return quote(
             self.catalogue,
             request,

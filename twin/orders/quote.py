@@ -5,17 +5,16 @@ routing in sequence with each operation's duration for the quantity (set-up plus
 unit), and the price. An unknown option, a value an option does not allow, or a combination a
 rule forbids is an `InvalidRequest` naming it.
 
-`promise` is capable-to-promise on the fleet as it is: only machines online and under the risk
-limit, each free from the end of its accepted work, around its accepted maintenance window.
-Operations run in routing order; each goes to the eligible machine (its type, its site if it
-names one) where it ends first, starting when the previous one has ended, plus
-`transfer_min` when the work moves to another site. The chance of finishing on time comes
-from the forecasts of the machines used: the expected number of failures during their
-operations (the sum of each forecast's chance of a failure per step, `Foresight.paths`), each
-failure delaying the order by `repair_min`; with failures as a Poisson count, the order is on
-time if no more of them happen than its slack before the due time absorbs. Up to two
-alternatives: the whole routing at another site, and the quantity split into two lots.
-Deterministic: the same request and fleet give the same scheme and times (minutes from now).
+The promise is capable-to-promise on the fleet as it is: only machines online and under the risk
+limit, each free from the end of its accepted work and booked operations, around its accepted
+maintenance window, the routing scheduled in order (`twin.planning.routing`). The chance of
+finishing on time comes from the forecasts of the machines used: the expected number of
+failures during their operations (the sum of each forecast's chance of a failure per step,
+`Foresight.paths`), each failure delaying the order by `repair_min`; with failures as a Poisson
+count, the order is on time if no more of them happen than its slack before the due time
+absorbs. Up to two alternatives: the whole routing at another site, and the quantity split into
+two lots. Deterministic: the same request and fleet give the same scheme and times (minutes
+from now).
 """
 
 from __future__ import annotations
@@ -31,36 +30,11 @@ from scipy.stats import poisson
 from twin.errors import InvalidRequest
 from twin.orders.catalogue import Catalogue, Operation, Product
 from twin.planning.allocation import Machine, usable_machines
+from twin.planning.routing import Booking, Step, schedule, split
 
 MINUTE_MS = 60_000
 TRANSFER_MIN = 60.0  # moving work between sites
 REPAIR_MIN = 60.0  # the delay one failure causes
-
-
-@dataclass(frozen=True)
-class Step:
-    """One operation of a customised scheme, for the quantity ordered."""
-
-    name: str
-    machine_type: str | None
-    site: str | None
-    setup_min: float
-    minutes_per_unit: float
-    quantity: int
-
-    @property
-    def duration_min(self) -> float:
-        return self.setup_min + self.minutes_per_unit * self.quantity
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "machine_type": self.machine_type,
-            "site": self.site,
-            "setup_min": self.setup_min,
-            "minutes_per_unit": round(self.minutes_per_unit, 6),
-            "duration_min": round(self.duration_min, 6),
-        }
 
 
 @dataclass(frozen=True)
@@ -125,61 +99,7 @@ def configure(
     return Scheme(product, chosen, quantity, steps, per_unit, once)
 
 
-@dataclass(frozen=True)
-class Booking:
-    step: Step
-    machine: Machine
-    start_min: float
-    end_min: float
-    transfer_min: float
-
-
 Hazard = Callable[[str, float, float], float]  # machine, start, end (min) -> expected failures
-
-
-def schedule(
-    steps: list[Step], machines: list[Machine], transfer_min: float, site: str | None = None
-) -> list[Booking] | str:
-    """Each step in order where it ends first (`site` pins steps that name none); the bookings,
-    or why a step has no machine. Machines are taken with their `load_min` and window."""
-    free = {m.machine: m.load_min for m in machines}
-    ready, here, out = 0.0, None, []
-    for step in steps:
-        where = step.site or site
-        best: tuple[tuple[float, float, str], Booking] | None = None
-        for m in machines:
-            if step.machine_type is not None and m.type != step.machine_type:
-                continue
-            if where is not None and m.site != where:
-                continue
-            moved = transfer_min if here is not None and m.site != here else 0.0
-            start = max(ready + moved, free[m.machine])
-            window = m.maintenance
-            if window is not None and start < window[1] and start + step.duration_min > window[0]:
-                start = window[1]  # not across the window
-            end = start + step.duration_min
-            key = (end, m.risk or 0.0, m.machine)
-            if best is None or key < best[0]:
-                best = (key, Booking(step, m, start, end, moved))
-        if best is None:
-            needs = [f"type {step.machine_type}" if step.machine_type else "", where or ""]
-            what = " at site ".join(x for x in needs if x) or "any"
-            return f"no usable machine ({what}) for operation {step.name}"
-        booking = best[1]
-        out.append(booking)
-        free[booking.machine.machine] = booking.end_min
-        ready, here = booking.end_min, booking.machine.site
-    return out
-
-
-def split(steps: list[Step]) -> tuple[list[Step], list[Step]]:
-    """The routing for two lots of about half the quantity each (each pays its set-ups)."""
-    quantity = steps[0].quantity
-    first = math.ceil(quantity / 2)
-    return (
-        [replace(s, quantity=first) for s in steps],
-        [replace(s, quantity=quantity - first) for s in steps],
-    )
 
 
 def promise_of(
@@ -198,7 +118,7 @@ def promise_of(
             0.0 if slack < 0 else float(poisson.cdf(math.floor(slack / repair_min), expected))
         )
     return {
-        "completion": _rfc3339(now_ms + completion * MINUTE_MS),
+        "completion": rfc3339(now_ms + completion * MINUTE_MS),
         "completion_min": round(completion, 3),
         "on_time": None if due_min is None else completion <= due_min,
         "p_on_time": None if p_on_time is None else round(p_on_time, 4),
@@ -220,7 +140,7 @@ def promise_of(
     }
 
 
-def _rfc3339(ms: float) -> str:
+def rfc3339(ms: float) -> str:
     return (
         datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     )
@@ -291,8 +211,8 @@ def quote(
         "options": scheme.options,
         "quantity": scheme.quantity,
         "customer": request.customer,
-        "due": None if request.due_ms is None else _rfc3339(request.due_ms),
-        "quoted_at": _rfc3339(now_ms),
+        "due": None if request.due_ms is None else rfc3339(request.due_ms),
+        "quoted_at": rfc3339(now_ms),
         "scheme": scheme.public(),
         "max_risk": max_risk,
         "excluded": excluded,

@@ -1,0 +1,477 @@
+"""The order book: placed orders, scheduled onto the fleet, followed to delivery.
+
+An order is a scheme (`quote.configure`) scheduled in routing order (`planning.routing`) after
+the work the fleet already holds: the allocations the ledger keeps and every booked operation
+of the open orders, so that no machine is booked twice. Orders are kept in the twin's SQLite
+file (one row per order, as JSON) and survive a restart.
+
+Machines are told their work: `{root}/{site}/{machine}/jobs` (retained, QoS 1) holds its next
+`JOBS` operations in planned order, re-published whenever they change. A machine reports
+`{"type": "job", "code": "started" | "done", "job": "<order>/<operation>"}` events; an
+operation goes `planned` -> `started` -> `done` (an event that does not advance it is ignored,
+so a replay changes nothing), and the order `accepted` -> `in_production` -> `done`, or
+`cancelled`; `late` while its ETA is past its due time. The ETA is recomputed from what has
+happened: done operations at their end, a started one at its start plus its duration (not
+before now), the rest in sequence from their planned start (not before now).
+
+Trouble re-plans: when a machine holding planned operations raises a risk or offline alert, or
+reports a failure, each order with a planned operation on it has its planned operations (from
+the first) scheduled again on the usable machines without it; started operations stay. Every
+change goes out as an `order` event on `/stream` and on `{root}/$twin/orders` (QoS 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from twin import database
+from twin.alerts import Alert
+from twin.errors import Conflict, NotFound, StorageError
+from twin.messages import DeviceEvent
+from twin.orders.quote import MINUTE_MS, Scheme, rfc3339
+from twin.outbound import Publish
+from twin.planning import AllocationLedger, Machine
+from twin.planning.allocation import usable_machines
+from twin.planning.routing import Booking, Step, schedule
+from twin.stream import EventHub
+from twin.topics import Topics
+
+log = logging.getLogger(__name__)
+
+JOBS = 5  # operations a machine's jobs topic lists
+OpState = Literal["planned", "started", "done", "cancelled"]
+Status = Literal["accepted", "in_production", "late", "done", "cancelled"]
+_CLOSED = ("done", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    customer TEXT,
+    product TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_status ON orders (status, id);
+"""
+
+
+@dataclass
+class Operation:
+    seq: int
+    name: str
+    machine_type: str | None
+    site_required: str | None
+    quantity: int
+    setup_min: float
+    minutes_per_unit: float
+    machine: str
+    site: str
+    planned_start_ms: int
+    planned_end_ms: int
+    transfer_min: float
+    state: OpState = "planned"
+    started_ms: int | None = None
+    done_ms: int | None = None
+
+    @property
+    def duration_ms(self) -> int:
+        return round((self.setup_min + self.minutes_per_unit * self.quantity) * MINUTE_MS)
+
+    def step(self) -> Step:
+        return Step(
+            self.name,
+            self.machine_type,
+            self.site_required,
+            self.setup_min,
+            self.minutes_per_unit,
+            self.quantity,
+        )
+
+
+@dataclass
+class Order:
+    id: int
+    created_at: int
+    product: str
+    name: str
+    options: dict[str, str]
+    quantity: int
+    customer: str | None
+    due_ms: int | None
+    price: dict[str, Any]
+    operations: list[Operation]
+    status: Status = "accepted"
+    eta_ms: int = 0
+    done_at: int | None = None
+    cancelled_at: int | None = None
+    replans: int = 0
+    moves: list[dict[str, Any]] = field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["eta"] = rfc3339(self.eta_ms)
+        body["due"] = None if self.due_ms is None else rfc3339(self.due_ms)
+        body["on_time"] = None if self.due_ms is None else self.eta_ms <= self.due_ms
+        for op in body["operations"]:
+            op["job"] = f"{self.id}/{op['name']}"
+        return body
+
+
+def _order(body: dict[str, Any]) -> Order:
+    ops = [Operation(**op) for op in body.pop("operations")]
+    return Order(**body, operations=ops)
+
+
+class OrderBook:
+    """Orders, their bookings and their progress (any thread; one lock, one connection)."""
+
+    def __init__(
+        self,
+        path: Path,
+        planner: AllocationLedger,
+        hub: EventHub,
+        publish: Publish,
+        topics: Topics,
+        transfer_min: float,
+    ) -> None:
+        self.path = path
+        self.planner = planner
+        self.hub = hub
+        self.publish = publish
+        self.topics = topics
+        self.transfer_min = transfer_min
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+        self._open: dict[int, Order] = {}
+
+    def open(self) -> None:
+        try:
+            db = self._db = database.connect(self.path)
+            db.executescript(_SCHEMA)
+            rows = db.execute(
+                "SELECT body FROM orders WHERE status NOT IN (?, ?) ORDER BY id", _CLOSED
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the orders in {self.path}: {exc}") from exc
+        for (body,) in rows:
+            order = _order(json.loads(body))
+            self._open[order.id] = order
+        log.info("orders: %d open", len(self._open))
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        assert self._db is not None, "the order book is not open"
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise StorageError(f"orders in {self.path}: {exc}") from exc
+
+    def _save(self, order: Order) -> None:
+        body = json.dumps(asdict(order))
+        self._execute(
+            "UPDATE orders SET status = ?, body = ? WHERE id = ?", (order.status, body, order.id)
+        )
+
+    # -- placing ----------------------------------------------------------------------------
+
+    def booked(self, now_ms: int, leave_out: int | None = None) -> dict[str, float]:
+        """Per machine, minutes from now until the open orders' operations on it end (and the
+        ledger's allocations), leaving out order `leave_out`'s planned operations."""
+        load = self.planner.committed(now_ms)
+        with self._lock:
+            for order in self._open.values():
+                for op in order.operations:
+                    if op.state == "planned" and order.id == leave_out:
+                        continue
+                    if op.state in ("planned", "started"):
+                        end = (max(_end(op, now_ms), now_ms) - now_ms) / MINUTE_MS
+                        load[op.machine] = max(load.get(op.machine, 0.0), end)
+        return load
+
+    def fleet(
+        self, now_ms: int, max_risk: float | None, leave_out: int | None = None
+    ) -> tuple[list[Machine], list[dict[str, Any]]]:
+        limit = self.planner.default_max_risk() if max_risk is None else max_risk
+        fleet = self.planner.fleet(self.booked(now_ms, leave_out))
+        return usable_machines(sorted(fleet, key=lambda m: m.machine), limit)
+
+    def place(
+        self,
+        scheme: Scheme,
+        customer: str | None,
+        due_ms: int | None,
+        max_risk: float | None,
+        now_ms: int,
+    ) -> dict[str, Any]:
+        """Schedule the scheme after the work the fleet holds and keep it; a 409 naming the
+        operation when no usable machine can take one."""
+        with self._lock:
+            machines, _ = self.fleet(now_ms, max_risk)
+            bookings = schedule(scheme.steps, machines, self.transfer_min)
+            if isinstance(bookings, str):
+                raise Conflict(f"the order cannot be scheduled now: {bookings}")
+            price = scheme.public()["price"]
+            cursor = self._execute(
+                "INSERT INTO orders (created_at, status, customer, product, body) "
+                "VALUES (?, 'accepted', ?, ?, '{}')",
+                (now_ms, customer, scheme.product.id),
+            )
+            assert cursor.lastrowid is not None
+            order = Order(
+                cursor.lastrowid,
+                now_ms,
+                scheme.product.id,
+                scheme.product.name,
+                scheme.options,
+                scheme.quantity,
+                customer,
+                due_ms,
+                price,
+                [_operation(i, b, now_ms) for i, b in enumerate(bookings)],
+            )
+            self._open[order.id] = order
+            self._changed(order, now_ms, {op.machine for op in order.operations})
+            return order.public()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, order_id: int) -> dict[str, Any]:
+        with self._lock:
+            order = self._open.get(order_id)
+            if order is not None:
+                return order.public()
+            row = self._execute("SELECT body FROM orders WHERE id = ?", (order_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no order {order_id}")
+        return _order(json.loads(row[0])).public()
+
+    def page(
+        self,
+        status: str | None,
+        customer: str | None,
+        product: str | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[dict[str, Any]], int]:
+        where, args = [], []
+        for column, value in (("status", status), ("customer", customer), ("product", product)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = " WHERE " + " AND ".join(where) if where else ""
+        with self._lock:
+            total = self._execute(f"SELECT count(*) FROM orders{sql}", tuple(args)).fetchone()[0]
+            rows = self._execute(
+                f"SELECT body FROM orders{sql} ORDER BY id DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            ).fetchall()
+        return [_order(json.loads(b)).public() for (b,) in rows], int(total)
+
+    def jobs(self, machine: str) -> list[dict[str, Any]]:
+        """The machine's next operations in planned order: what its jobs topic holds."""
+        with self._lock:
+            ops = [
+                (op.planned_start_ms, order.id, op)
+                for order in self._open.values()
+                for op in order.operations
+                if op.machine == machine and op.state in ("planned", "started")
+            ]
+        return [
+            {
+                "job": f"{order_id}/{op.name}",
+                "order": order_id,
+                "operation": op.name,
+                "quantity": op.quantity,
+                "duration_min": round(op.duration_ms / MINUTE_MS, 3),
+                "planned_start": op.planned_start_ms,
+                "planned_end": op.planned_end_ms,
+                "state": op.state,
+            }
+            for _, order_id, op in sorted(ops, key=lambda x: (x[0], x[1]))[:JOBS]
+        ]
+
+    def late_on(self, machine: str, now_ms: int) -> dict[str, Any] | None:
+        """An open order that is late and whose next operation is on `machine`: what the
+        `order_late` alert of that machine says."""
+        with self._lock:
+            for order in self._open.values():
+                eta = _eta(order, now_ms, self.transfer_min)
+                if order.due_ms is None or eta <= order.due_ms:
+                    continue
+                current = next(op for op in order.operations if op.state != "done")
+                if current.machine == machine:
+                    return {"order": order.id, "eta": rfc3339(eta), "due": rfc3339(order.due_ms)}
+        return None
+
+    # -- changes ----------------------------------------------------------------------------
+
+    def cancel(self, order_id: int, now_ms: int) -> dict[str, Any]:
+        with self._lock:
+            order = self._open.get(order_id)
+            if order is None:
+                self.get(order_id)  # a 404 if there is none
+                raise Conflict(f"order {order_id} is closed already")
+            for op in order.operations:
+                if op.state != "done":
+                    op.state = "cancelled"
+            order.status, order.cancelled_at = "cancelled", now_ms
+            self._changed(order, now_ms, {op.machine for op in order.operations})
+            return order.public()
+
+    def on_event(self, site: str, machine: str, event: DeviceEvent, now_ms: int) -> None:
+        """A machine's job progress, or its failure (its planned operations move)."""
+        if event.type == "failure":
+            self.replan_machine(machine, f"failure {event.code}", now_ms)
+            return
+        if event.type != "job" or event.job is None:
+            return
+        order_id, _, name = event.job.partition("/")
+        with self._lock:
+            order = self._open.get(int(order_id)) if order_id.isdigit() else None
+            op = next((o for o in order.operations if o.name == name), None) if order else None
+            if order is None or op is None:
+                log.info("%s reported job %s, which no open order has", machine, event.job)
+                return
+            at = event.ts or now_ms
+            touched = {op.machine, machine}
+            if event.code == "started" and op.state == "planned":
+                op.state, op.started_ms, op.machine, op.site = "started", at, machine, site
+            elif event.code == "done" and op.state in ("planned", "started"):
+                op.started_ms = op.started_ms or at
+                op.state, op.done_ms, op.machine, op.site = "done", at, machine, site
+            else:
+                return
+            self._changed(order, now_ms, touched)
+
+    def on_alert(self, alert: Alert) -> None:
+        """A risk or offline alert on a machine with planned operations moves them."""
+        if alert.state == "active" and alert.kind in ("risk", "offline"):
+            self.replan_machine(alert.machine, f"alert {alert.rule}", alert.updated_at)
+
+    def replan_machine(self, machine: str, why: str, now_ms: int) -> None:
+        with self._lock:
+            hit = [
+                order
+                for order in self._open.values()
+                if any(op.machine == machine and op.state == "planned" for op in order.operations)
+            ]
+            for order in hit:
+                self._replan(order, machine, why, now_ms)
+
+    def _replan(self, order: Order, avoid: str, why: str, now_ms: int) -> None:
+        first = next(i for i, op in enumerate(order.operations) if op.state == "planned")
+        before = order.operations[first - 1] if first else None
+        ready_ms = now_ms
+        if before is not None:
+            ready_ms = max(now_ms, _end(before, now_ms))
+        machines, _ = self.fleet(now_ms, None, leave_out=order.id)
+        machines = [m for m in machines if m.machine != avoid]
+        moving = order.operations[first:]
+        bookings = schedule(
+            [op.step() for op in moving],
+            machines,
+            self.transfer_min,
+            ready_min=(ready_ms - now_ms) / MINUTE_MS,
+            here=None if before is None else before.site,
+        )
+        if isinstance(bookings, str):
+            log.warning(
+                "order %d: cannot move its operations off %s: %s", order.id, avoid, bookings
+            )
+            return
+        touched = {op.machine for op in moving}
+        moves = []
+        for op, booking in zip(moving, bookings, strict=True):
+            new = _operation(op.seq, booking, now_ms)
+            if new.machine != op.machine:
+                moves.append({"operation": op.name, "from": op.machine, "to": new.machine})
+            order.operations[op.seq] = new
+        order.replans += 1
+        order.moves = [{"why": why, "at": now_ms, **m} for m in moves]
+        log.info("order %d re-planned (%s): %s", order.id, why, moves or "no machine changed")
+        self._changed(order, now_ms, touched | {op.machine for op in order.operations})
+
+    def _changed(self, order: Order, now_ms: int, machines: Iterable[str]) -> None:
+        """Status and ETA from the operations; stored; machines told; the change sent."""
+        ops = order.operations
+        order.eta_ms = _eta(order, now_ms, self.transfer_min)
+        if order.status != "cancelled":
+            if all(op.state == "done" for op in ops):
+                order.status, order.done_at = "done", max(op.done_ms or 0 for op in ops)
+            elif order.due_ms is not None and order.eta_ms > order.due_ms:
+                order.status = "late"
+            elif any(op.state != "planned" for op in ops):
+                order.status = "in_production"
+            else:
+                order.status = "accepted"
+        self._save(order)
+        if order.status in _CLOSED:
+            self._open.pop(order.id, None)
+        sites = {op.machine: op.site for op in ops}
+        for machine in sorted(set(machines)):
+            payload = {"machine": machine, "ts": now_ms, "jobs": self.jobs(machine)}
+            topic = self.topics.jobs(sites.get(machine) or self._site(machine), machine)
+            self.publish(topic, msgspec.json.encode(payload), True)
+        body = order.public()
+        current = next((op for op in ops if op.state not in _CLOSED), ops[-1])
+        data = msgspec.json.encode(body)
+        self.hub.publish_json("order", current.site, current.machine, data)
+        self.publish(self.topics.orders, data, False)
+
+    def _site(self, machine: str) -> str:
+        found = self.planner.state.get(machine)
+        return str(found["site"]) if found else "unknown"
+
+
+def _operation(seq: int, booking: Booking, now_ms: int) -> Operation:
+    step = booking.step
+    return Operation(
+        seq,
+        step.name,
+        step.machine_type,
+        step.site,
+        step.quantity,
+        step.setup_min,
+        step.minutes_per_unit,
+        booking.machine.machine,
+        booking.machine.site,
+        now_ms + round(booking.start_min * MINUTE_MS),
+        now_ms + round(booking.end_min * MINUTE_MS),
+        booking.transfer_min,
+    )
+
+
+def _end(op: Operation, now_ms: int) -> int:
+    if op.state == "done" and op.done_ms is not None:
+        return op.done_ms
+    if op.state == "started" and op.started_ms is not None:
+        return max(now_ms, op.started_ms + op.duration_ms)
+    return op.planned_end_ms
+
+
+def _eta(order: Order, now_ms: int, transfer_min: float) -> int:
+    """When the last operation will end, from what has happened so far."""
+    end, site = order.created_at, None
+    for op in order.operations:
+        if op.state in ("done", "started"):
+            end = _end(op, now_ms)
+        elif op.state == "planned":
+            moved = round(transfer_min * MINUTE_MS) if site is not None and op.site != site else 0
+            start = max(op.planned_start_ms, now_ms, end + moved)
+            end = start + op.duration_ms
+        site = op.site
+    return end
