@@ -61,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         help="machine ids are PREFIX0000, PREFIX0001, ... (m); a machine id names one machine "
         "across all sites, so give each simulator of the same twin its own",
     )
+    parser.add_argument(
+        "--time-scale",
+        type=_positive(float),
+        default=1 / 60,
+        help="simulated minutes per real second for the jobs the twin sends (1/60: real time; "
+        "60: an hour's job takes a second)",
+    )
     parser.add_argument("--mqtt-url", default=None, help="overrides TWIN_MQTT_URL")
     args = parser.parse_args(argv)
 
@@ -78,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         args.count,
         settings.mqtt_protocol,
         args.prefix,
+        args.time_scale,
     )
     fleet = Fleet(settings.broker, Topics(settings.topic_root), options)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -1,11 +1,19 @@
-"""A simulated fleet: machines stepping at a rate, each with its own connection, on one loop."""
+"""A simulated fleet: machines stepping at a rate, each with its own connection, on one loop.
+
+Each machine also takes the jobs the twin sends it (`{root}/{site}/{machine}/jobs`): when idle,
+it starts the first job that is `ready` (`started` event), works on it for its `duration_min`
+of simulated time and reports it `done`; a job the twin withdraws (cancelled, or moved) is
+dropped. `time_scale` is simulated minutes per real second for that work (1/60: real time); the
+readings keep their rate, with their physics and failures as without jobs.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from devices.publisher import DevicePublisher, NetworkLoop
 from devices.simulator import Machine, make_fleet
@@ -26,6 +34,44 @@ class FleetOptions:
     count: int | None = None  # readings per machine, then stop; None runs until stopped
     protocol: str = "5"
     prefix: str = "m"  # machine ids are <prefix>0000, <prefix>0001, ...: unique across sites
+    time_scale: float = 1 / 60  # simulated minutes of job work per real second
+
+
+@dataclass
+class _Work:
+    """One machine's jobs: the latest list from the twin (swapped whole by the network loop's
+    thread, read by the fleet's) and the job under way."""
+
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    current: str | None = None
+    remaining_min: float = 0.0
+    done: set[str] = field(default_factory=set)
+
+    def take(self, jobs: list[dict[str, Any]]) -> None:
+        self.jobs = jobs
+
+    def step(self, minutes: float) -> list[DeviceEvent]:
+        """Advance the work by `minutes` of simulated time: the job events it causes."""
+        jobs = self.jobs
+        events = []
+        if self.current is not None:
+            if all(j.get("job") != self.current for j in jobs):
+                log.info("job %s withdrawn", self.current)
+                self.current = None
+            else:
+                self.remaining_min -= minutes
+                if self.remaining_min <= 0:
+                    events.append(DeviceEvent(type="job", code="done", job=self.current))
+                    self.done.add(self.current)
+                    self.current = None
+        if self.current is None:
+            for job in jobs:
+                if job.get("ready") and job.get("job") not in self.done:
+                    self.current = str(job["job"])
+                    self.remaining_min = float(job.get("duration_min", 0.0))
+                    events.append(DeviceEvent(type="job", code="started", job=self.current))
+                    break
+        return events
 
 
 class Fleet:
@@ -35,6 +81,7 @@ class Fleet:
         self.options = options
         self.machines: list[Machine] = make_fleet(options.machines, options.seed, options.prefix)
         self.loop = NetworkLoop()
+        self.work = [_Work() for _ in self.machines]
         self.publishers = [
             DevicePublisher(
                 broker,
@@ -44,8 +91,9 @@ class Fleet:
                 m.type,
                 loop=self.loop,
                 protocol=options.protocol,
+                on_jobs=work.take,
             )
-            for m in self.machines
+            for m, work in zip(self.machines, self.work, strict=True)
         ]
         self.readings = 0
         self.events = 0
@@ -101,6 +149,7 @@ class Fleet:
     def _run(self) -> None:
         opts = self.options
         period = 1.0 / opts.rate_hz
+        minutes = opts.time_scale * period  # of job work per tick
         seqs = [0] * len(self.machines)
         pending: list[list[Reading]] = [[] for _ in self.machines]
         next_tick = time.monotonic()
@@ -124,7 +173,10 @@ class Fleet:
                     publisher.publish_event(
                         DeviceEvent(type=event.type, ts=now_ms, code=event.code)
                     )
-                self.events += len(events)
+                jobs = self.work[i].step(minutes)
+                for job in jobs:
+                    publisher.publish_event(job.model_copy(update={"ts": now_ms}))
+                self.events += len(events) + len(jobs)
             self.readings += len(self.machines)
             step += 1
             next_tick += period

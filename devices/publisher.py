@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import json
 import logging
 import random
 import selectors
@@ -253,10 +254,12 @@ class DevicePublisher:
         max_inflight: int = 100,
         session_expiry_s: int = 0,
         on_delivered: Callable[[int], None] | None = None,
+        on_jobs: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         """`session_expiry_s` > 0 keeps a persistent session (MQTT 5 session expiry, or
         3.1.1's clean session off); `on_delivered(mid)` is called, on the loop's thread, when
-        the broker has acknowledged a message."""
+        the broker has acknowledged a message; `on_jobs(jobs)`, on the loop's thread, with the
+        machine's jobs each time the twin publishes them (its jobs topic, subscribed)."""
         self.loop = loop
         self.broker = broker
         self.topics = topics
@@ -267,6 +270,7 @@ class DevicePublisher:
         self.max_inflight = max_inflight
         self.session_expiry_s = session_expiry_s
         self.on_delivered = on_delivered
+        self.on_jobs = on_jobs
         self.available = True  # what the birth says: False while the machine's source is away
         self.connected = False
         self.published = 0  # QoS 1 messages handed to paho
@@ -299,6 +303,7 @@ class DevicePublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         self._client = client  # before the loop starts: on_connect publishes through it
         kwargs: dict[str, Any] = {}
         if v5 and persistent:
@@ -316,6 +321,18 @@ class DevicePublisher:
             return
         self.connected = True
         self._say("online" if self.available else "offline")
+        if self.on_jobs is not None:
+            client.subscribe(self.topics.jobs(self.site, self.machine), qos=1)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        """The twin's jobs for this machine (the only subscription)."""
+        assert self.on_jobs is not None
+        try:
+            jobs = json.loads(message.payload)["jobs"]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: unreadable jobs message: %s", self.machine, exc)
+            return
+        self.on_jobs(jobs)
 
     def _on_disconnect(self, client: mqtt.Client, *args: Any) -> None:
         self.connected = False

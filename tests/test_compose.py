@@ -101,7 +101,8 @@ def test_broker_requires_login_and_devices_publish_only_as_themselves() -> None:
     acl = (ROOT / "deploy/mosquitto/acl").read_text()
     assert "user twin\ntopic read factory/#" in acl
     assert "pattern write factory/+/%u/telemetry" in acl
-    assert "topic write factory/#\n\n# A real device" in acl  # only the simulator writes anywhere
+    # Only the simulator writes anywhere.
+    assert "topic write factory/#\ntopic read factory/+/+/jobs\n\n# A real device" in acl
 
 
 def test_grafana_provisions_the_datasource_and_the_dashboards() -> None:

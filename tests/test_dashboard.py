@@ -140,3 +140,63 @@ def test_the_machine_page_charts_its_history_forecast_what_if_and_advice_and_pla
     assert errors == []
     assert [w.machine for w in twin.schedule.windows()] == ["mill2"]  # lathe3: a tool won't do
     assert (tmp_path / "machine.png").stat().st_size > 10_000
+
+
+def test_the_orders_page_quotes_places_and_draws_an_order(
+    served: tuple[Twin, int], chromium: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    twin, port = served
+    now = int(time.time() * 1000)
+    messages: list[tuple[str, object]] = []
+    for name, kind in (("saw1", "L"), ("mill1", "M")):
+        messages.append((f"factory/s1/{name}/status", {"state": "online", "type": kind}))
+        values = {
+            "air_temp_k": 300.0,
+            "process_temp_k": 310.0,
+            "rotational_speed_rpm": 1500,
+            "torque_nm": 40.0,
+            "tool_wear_min": 20,
+        }
+        messages.append((f"factory/s1/{name}/telemetry", {"seq": 1, "ts": now, "values": values}))
+    feed_pipeline(twin, *messages)
+    wait_until(
+        lambda: all((twin.state.get(m) or {}).get("risk") for m in ("saw1", "mill1")), 10, "scored"
+    )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"http://127.0.0.1:{port}/")
+        # The catalogue's options as controls; a quote shows the scheme and the promise.
+        page.wait_for_selector("#quote-options select[data-option=material]")
+        page.fill("#quote-quantity", "5")
+        page.fill("#quote-customer", "ACME")
+        page.click("#quote-form button[type=submit]")
+        page.wait_for_selector("#quote-timeline rect.operation", state="attached")
+        assert page.locator("#quote-scheme tr").count() == 4  # saw, mill, deburr, price
+        assert "Promised" in page.inner_text("#quote-promise")
+        # A forbidden combination is named.
+        page.select_option("#quote-options select[data-option=material]", "steel")
+        page.select_option("#quote-options select[data-option=finish]", "anodised")
+        page.click("#quote-form button[type=submit]")
+        page.wait_for_function(
+            "document.querySelector('#quote-error').textContent.includes('cannot be combined')"
+        )
+        page.select_option("#quote-options select[data-option=finish]", "none")
+        page.click("#quote-form button[type=submit]")
+        page.wait_for_selector("#place-button:not([hidden])")
+        page.fill("#token", "op")
+        page.click("#place-button")
+        page.wait_for_selector("#order-list td:has-text('ACME')")
+        page.click("#order-list tbody tr")
+        page.wait_for_selector("#order-timeline rect.operation", state="attached")
+        assert page.locator("#order-timeline rect.operation").count() == 3
+        page.screenshot(path=str(tmp_path / "orders.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    placed = twin.orders.page(None, "ACME", None, 10, 0)[0]
+    assert placed[0]["options"]["material"] == "steel"
+    assert (tmp_path / "orders.png").stat().st_size > 10_000

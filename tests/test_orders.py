@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
+import urllib.request
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
 
+from devices.fleet import Fleet, FleetOptions
 from tests.conftest import TOKEN, feed_pipeline
-from tests.services import wait_until
+from tests.services import Mosquitto, TwinProcess, wait_until
 from twin.app import create_app
-from twin.config import Settings
+from twin.config import BrokerAddress, Settings
 from twin.errors import ConfigError, InvalidRequest
 from twin.orders import load_catalogue
 from twin.orders.quote import configure, promise_of
 from twin.planning import Machine
 from twin.planning.routing import Step, schedule
 from twin.service import Twin
+from twin.topics import Topics
 
 CATALOGUE = """\
 [[products]]
@@ -631,3 +638,77 @@ def test_precedence_holds_and_no_machine_is_double_booked(
                 assert b.start_min >= end - 1e-9 or b.end_min <= start + 1e-9
             booked[b.machine.machine].append((b.start_min, b.end_min))
         assert got[0].start_min >= 0
+
+
+@pytest.mark.integration
+def test_the_simulator_runs_an_order_end_to_end_over_mosquitto(
+    mosquitto: Mosquitto, data_dir: Path, catalogue_file: Path, tmp_path: Path
+) -> None:
+    """`twin serve` sends the jobs over a real broker; simulated machines take them from their
+    jobs topic, work them at 30 simulated minutes a second and report them; the order is done."""
+    env = {
+        "TWIN_MQTT_URL": mosquitto.url,
+        "TWIN_DATA_DIR": str(data_dir),
+        "TWIN_CATALOGUE": str(catalogue_file),
+    }
+    received: dict[str, list[Any]] = {}
+    listener = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="listener")
+    listener.on_connect = lambda c, *_: c.subscribe(
+        [("factory/+/+/jobs", 1), ("factory/$twin/orders", 1)]
+    )
+    listener.on_message = lambda c, u, m: received.setdefault(m.topic, []).append(
+        (msgspec.json.decode(m.payload), m.retain)
+    )
+    listener.connect("127.0.0.1", mosquitto.port)
+    listener.loop_start()
+    twin = TwinProcess(env, tmp_path / "twin.log")
+    twin.start()
+    options = FleetOptions(4, rate_hz=5, site="s1", seed=3, time_scale=30)  # L, M, L, M
+    fleet = Fleet(
+        BrokerAddress(host="127.0.0.1", port=mosquitto.port, tls=False), Topics(), options
+    )
+    try:
+        fleet.start()
+
+        def seen() -> bool:
+            items = twin.get("/machines?limit=10")["items"]
+            return len(items) == 4 and all(m["online"] and m["risk"] for m in items)
+
+        wait_until(seen, 20, "the fleet online and scored")
+        body = json.dumps({"product": "plate", "quantity": 10, "max_risk": 1.0}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{twin.port}/orders",
+            data=body,
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            order = json.load(answer)
+        cutter, driller = (op["machine"] for op in order["operations"])
+        assert cutter in ("m0000", "m0002")  # type L; the lower risk of the two
+        assert driller in ("m0001", "m0003")  # type M
+
+        def done() -> bool:
+            return bool(twin.get(f"/orders/{order['id']}")["status"] == "done")
+
+        wait_until(done, 30, "the order done")
+        got = twin.get(f"/orders/{order['id']}")
+        cut, drill = got["operations"]
+        assert cut["started_ms"] <= cut["done_ms"] <= drill["started_ms"] <= drill["done_ms"]
+        # Retained jobs went to each machine, and order changes to the order topic.
+        wait_until(lambda: len(received.get("factory/$twin/orders", [])) >= 5, 10, "changes")
+        first, _ = received[f"factory/s1/{cutter}/jobs"][0]
+        assert first["jobs"][0]["job"] == f"{order['id']}/cut"
+        assert first["jobs"][0]["ready"] is True
+        waiting, _ = received[f"factory/s1/{driller}/jobs"][0]
+        assert waiting["jobs"][0]["ready"] is False  # until the cut is done
+        last, _ = received[f"factory/s1/{driller}/jobs"][-1]
+        assert last["jobs"] == []
+        statuses = [o["status"] for o, _ in received["factory/$twin/orders"]]
+        assert statuses[0] == "accepted"
+        assert "in_production" in statuses
+        assert statuses[-1] == "done"
+    finally:
+        fleet.stop()
+        twin.close()
+        listener.loop_stop()
+        listener.disconnect()

@@ -52,7 +52,9 @@ def _serve(settings: Settings, host: str, port: int) -> None:
         twin.stop()
 
 
-def _demo(settings: Settings, machines: int, rate: float, port: int, mqtt_port: int) -> None:
+def _demo(
+    settings: Settings, machines: int, rate: float, port: int, mqtt_port: int, time_scale: float
+) -> None:
     from devices.fleet import Fleet, FleetOptions
     from twin.app import create_app
     from twin.broker import EmbeddedBroker
@@ -64,7 +66,8 @@ def _demo(settings: Settings, machines: int, rate: float, port: int, mqtt_port: 
         update={"mqtt_url": f"mqtt://127.0.0.1:{mqtt_port}", "mqtt_protocol": "3.1.1"}
     )
     twin = Twin(settings)
-    fleet = Fleet(settings.broker, twin.topics, FleetOptions(machines, rate, protocol="3.1.1"))
+    options = FleetOptions(machines, rate, protocol="3.1.1", time_scale=time_scale)
+    fleet = Fleet(settings.broker, twin.topics, options)
 
     def start_fleet() -> None:
         # The twin's session must exist before devices publish, or the first readings have
@@ -77,6 +80,7 @@ def _demo(settings: Settings, machines: int, rate: float, port: int, mqtt_port: 
             f"  API:      http://127.0.0.1:{port}/machines\n"
             f"  health:   http://127.0.0.1:{port}/health\n"
             f"  API docs: http://127.0.0.1:{port}/docs\n"
+            f"  orders:   http://127.0.0.1:{port}/catalogue, jobs at {time_scale:g} min/s\n"
             f"  MQTT:     mqtt://127.0.0.1:{mqtt_port} (topics {settings.topic_root}/#)\n"
             f"  data:     {settings.data_dir.resolve()}\n"
             "Ctrl-C stops it.\n",
@@ -139,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--rate", type=float, default=1.0, help="readings per machine per second (1)")
     demo.add_argument("--port", type=_port, default=8000, help="HTTP port (8000)")
     demo.add_argument("--mqtt-port", type=_port, default=1883, help="embedded broker port (1883)")
+    demo.add_argument(
+        "--time-scale",
+        type=float,
+        default=10.0,
+        help="simulated minutes of order work per real second (10: an order of hours runs in "
+        "seconds)",
+    )
 
     train = commands.add_parser(
         "train", help="fit the failure model on a CSV in the AI4I 2020 format, print its metrics"
@@ -241,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             if args.machines < 1 or args.rate <= 0:
                 parser.error("--machines and --rate must be positive")
-            _demo(settings, args.machines, args.rate, args.port, args.mqtt_port)
+            _demo(settings, args.machines, args.rate, args.port, args.mqtt_port, args.time_scale)
     except TwinError as exc:
         log.error("%s", exc)
         if hint := _data_dir_hint(settings.data_dir):

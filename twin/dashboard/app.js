@@ -141,6 +141,7 @@ async function start() {
     renderFleet();
     if (selected) renderDetail();
   });
+  stream.addEventListener("order", () => loadOrders());
   stream.addEventListener("alert", (event) => {
     const alert = JSON.parse(event.data);
     if (alert.state === "active") alerts.set(alert.id, alert); else alerts.delete(alert.id);
@@ -322,6 +323,128 @@ async function loadMaintenance() {
     return tr;
   }));
 }
+
+// -- orders --------------------------------------------------------------------------------
+let catalogue = [];
+let shownOrder = null;
+
+function routing(operations, t0) {
+  // Operations as bars by machine, minutes from t0: planned (blue), started (amber), done (green).
+  const names = [...new Set(operations.map((o) => o.machine))].sort();
+  const end = Math.max(60, ...operations.map((o) => o.end_min));
+  const width = 720, row = 18, left = 90, height = 24 + row * Math.max(names.length, 1);
+  const X = (m) => left + (m / end) * (width - left - 10);
+  const svg = svgEl("svg", { class: "chart", width, height, viewBox: `0 0 ${width} ${height}` });
+  const tick = end > 600 ? 120 : 60;
+  for (let m = 0; m <= end; m += tick) {
+    svg.append(svgEl("line", { x1: X(m), x2: X(m), y1: 12, y2: height, stroke: "#eee" }));
+    svg.append(svgEl("text", { x: X(m) - 6, y: 10 }, `+${m / 60}h`));
+  }
+  names.forEach((name, i) => svg.append(svgEl("text", { x: 2, y: 26 + i * row }, name)));
+  const colour = { planned: "#1565c0", started: "#f9a825", done: "#2e7d32", cancelled: "#9e9e9e" };
+  for (const o of operations) {
+    const i = names.indexOf(o.machine);
+    const rect = svgEl("rect", { class: "operation", x: X(o.start_min), y: 16 + i * row, width: Math.max(X(o.end_min) - X(o.start_min), 2), height: row - 4, fill: colour[o.state || "planned"] });
+    rect.append(svgEl("title", {}, `${o.operation}: ${o.machine} ${o.start_min.toFixed(0)}-${o.end_min.toFixed(0)} min${o.state ? ", " + o.state : ""}`));
+    svg.append(rect);
+  }
+  return svg;
+}
+
+function renderOptions() {
+  const product = catalogue.find((p) => p.id === $("#quote-product").value);
+  $("#quote-options").replaceChildren(...Object.entries(product ? product.options : {}).map(([name, option]) => {
+    const label = htmlEl("label", {});
+    label.append(document.createTextNode((option.label || name) + " "));
+    let input;
+    if (option.values) {
+      input = htmlEl("select", { "data-option": name });
+      for (const v of option.values) { const o = htmlEl("option", { value: v }); o.textContent = v; if (v === option.default) o.selected = true; input.append(o); }
+    } else {
+      input = htmlEl("input", { "data-option": name, maxlength: option.max_length, pattern: option.pattern, placeholder: "optional" });
+      input.value = option.default;
+    }
+    label.append(input);
+    return label;
+  }));
+}
+
+function quoteBody() {
+  const options = {};
+  document.querySelectorAll("#quote-options [data-option]").forEach((el) => { options[el.dataset.option] = el.value; });
+  const body = { product: $("#quote-product").value, options, quantity: Number($("#quote-quantity").value) };
+  if ($("#quote-due").value) body.due = new Date($("#quote-due").value).toISOString();
+  if ($("#quote-customer").value) body.customer = $("#quote-customer").value;
+  return body;
+}
+
+async function quote(event) {
+  event.preventDefault();
+  $("#quote-error").textContent = "";
+  let answer;
+  try { answer = await postJson("/orders/quote", quoteBody(), tokenHeaders()); } catch (error) { $("#quote-error").textContent = error.message; return; }
+  const price = answer.scheme.price;
+  $("#quote-scheme tbody").replaceChildren(...answer.scheme.operations.map((o) => {
+    const tr = document.createElement("tr");
+    tr.append(cell(o.name), cell(`type ${o.machine_type || "any"}${o.site ? " at " + o.site : ""}`), cell(`${o.duration_min.toFixed(0)} min`));
+    return tr;
+  }), (() => { const tr = document.createElement("tr"); tr.append(cell("price"), cell(`${price.total.toLocaleString()} ${price.currency}`), cell(`${answer.scheme.work_min.toFixed(0)} min of work`)); return tr; })());
+  const promise = answer.promise;
+  if (!promise) {
+    $("#quote-promise").textContent = `No promise: ${answer.unavailable}.`;
+    $("#quote-timeline").replaceChildren();
+    $("#place-button").hidden = true;
+    return;
+  }
+  const onTime = promise.p_on_time === null ? "" : `, ${pct(promise.p_on_time)} chance of making the due time`;
+  const others = answer.alternatives.map((a) => `${a.description}: ${new Date(a.completion).toLocaleString()}`).join("; ");
+  $("#quote-promise").textContent = `Promised ${new Date(promise.completion).toLocaleString()} (${promise.expected_failures.toFixed(2)} failures expected${onTime}).` + (others ? ` Alternatives: ${others}.` : "");
+  $("#quote-timeline").replaceChildren(routing(promise.operations));
+  $("#place-button").hidden = false;
+}
+
+async function placeOrder() {
+  try { await postJson("/orders", quoteBody(), tokenHeaders()); } catch (error) { $("#quote-error").textContent = error.message; return; }
+  $("#place-button").hidden = true;
+  loadOrders();
+}
+
+function orderOperations(order) {
+  const t0 = order.created_at;
+  return order.operations.map((o) => {
+    const start = o.started_ms || o.planned_start_ms;
+    const end = o.done_ms || Math.max(o.planned_end_ms, start + 1);
+    return { operation: o.name, machine: o.machine, state: o.state, start_min: (start - t0) / 60000, end_min: (end - t0) / 60000 };
+  });
+}
+
+function showOrder(order) {
+  shownOrder = order.id;
+  $("#order-timeline").replaceChildren(document.createTextNode(`Order ${order.id}: ${order.status}, ETA ${new Date(order.eta).toLocaleString()}`), routing(orderOperations(order)));
+}
+
+async function loadOrders() {
+  const page = await getJson("/orders?limit=50");
+  $("#order-list tbody").replaceChildren(...page.items.map((o) => {
+    const tr = document.createElement("tr");
+    tr.append(cell(String(o.id)), cell(o.customer || ""), cell(o.product), cell(String(o.quantity)), cell(o.status, o.status === "late" ? "off" : ""), cell(new Date(o.eta).toLocaleString()), cell(o.due ? new Date(o.due).toLocaleString() : ""));
+    tr.onclick = () => showOrder(o);
+    if (o.id === shownOrder) showOrder(o);
+    return tr;
+  }));
+}
+
+async function startOrders() {
+  catalogue = (await getJson("/catalogue")).products;
+  $("#quote-product").replaceChildren(...catalogue.map((p) => { const o = htmlEl("option", { value: p.id }); o.textContent = p.name; return o; }));
+  $("#quote-product").onchange = renderOptions;
+  renderOptions();
+  $("#quote-form").onsubmit = quote;
+  $("#place-button").onclick = placeOrder;
+  loadOrders();
+}
+
 $("#plan-button").onclick = planMaintenance;
 start();
 loadMaintenance();
+startOrders();

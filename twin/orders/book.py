@@ -6,7 +6,8 @@ of the open orders, so that no machine is booked twice. Orders are kept in the t
 file (one row per order, as JSON) and survive a restart.
 
 Machines are told their work: `{root}/{site}/{machine}/jobs` (retained, QoS 1) holds its next
-`JOBS` operations in planned order, re-published whenever they change. A machine reports
+`JOBS` operations in planned order, each `ready` once the operations before it are done,
+re-published whenever they change. A machine reports
 `{"type": "job", "code": "started" | "done", "job": "<order>/<operation>"}` events; an
 operation goes `planned` -> `started` -> `done` (an event that does not advance it is ignored,
 so a replay changes nothing), and the order `accepted` -> `in_production` -> `done`, or
@@ -26,6 +27,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -153,6 +155,7 @@ class OrderBook:
         self._db: sqlite3.Connection | None = None
         self._lock = threading.RLock()
         self._open: dict[int, Order] = {}
+        self._by_machine: dict[str, set[int]] = {}  # machine -> open orders with work on it
 
     def open(self) -> None:
         try:
@@ -166,6 +169,7 @@ class OrderBook:
         for (body,) in rows:
             order = _order(json.loads(body))
             self._open[order.id] = order
+            self._index(order)
         log.info("orders: %d open", len(self._open))
 
     def close(self) -> None:
@@ -193,14 +197,30 @@ class OrderBook:
         ledger's allocations), leaving out order `leave_out`'s planned operations."""
         load = self.planner.committed(now_ms)
         with self._lock:
-            for order in self._open.values():
-                for op in order.operations:
-                    if op.state == "planned" and order.id == leave_out:
-                        continue
-                    if op.state in ("planned", "started"):
-                        end = (max(_end(op, now_ms), now_ms) - now_ms) / MINUTE_MS
-                        load[op.machine] = max(load.get(op.machine, 0.0), end)
+            for machine, ids in self._by_machine.items():
+                end = max(
+                    (
+                        _end(op, now_ms)
+                        for i in ids
+                        for op in self._open[i].operations
+                        if op.machine == machine
+                        and op.state in ("planned", "started")
+                        and not (i == leave_out and op.state == "planned")
+                    ),
+                    default=now_ms,
+                )
+                if end > now_ms:
+                    load[machine] = max(load.get(machine, 0.0), (end - now_ms) / MINUTE_MS)
         return load
+
+    def _index(self, order: Order) -> None:
+        """Keep `_by_machine` true for `order` (after a change or a close)."""
+        for ids in self._by_machine.values():
+            ids.discard(order.id)
+        if order.status not in _CLOSED:
+            for op in order.operations:
+                if op.state in ("planned", "started"):
+                    self._by_machine.setdefault(op.machine, set()).add(order.id)
 
     def fleet(
         self, now_ms: int, max_risk: float | None, leave_out: int | None = None
@@ -284,11 +304,13 @@ class OrderBook:
     def jobs(self, machine: str) -> list[dict[str, Any]]:
         """The machine's next operations in planned order: what its jobs topic holds."""
         with self._lock:
+            orders = [self._open[i] for i in self._by_machine.get(machine, ())]
             ops = [
-                (op.planned_start_ms, order.id, op)
-                for order in self._open.values()
-                for op in order.operations
+                (op.planned_start_ms, order.id, op, all(o.state == "done" for o in before))
+                for order in orders
+                for k, op in enumerate(order.operations)
                 if op.machine == machine and op.state in ("planned", "started")
+                for before in [order.operations[:k]]
             ]
         return [
             {
@@ -300,17 +322,21 @@ class OrderBook:
                 "planned_start": op.planned_start_ms,
                 "planned_end": op.planned_end_ms,
                 "state": op.state,
+                "ready": ready,  # the operations before it are done
             }
-            for _, order_id, op in sorted(ops, key=lambda x: (x[0], x[1]))[:JOBS]
+            for _, order_id, op, ready in sorted(ops, key=lambda x: (x[0], x[1]))[:JOBS]
         ]
 
     def late_on(self, machine: str, now_ms: int) -> dict[str, Any] | None:
         """An open order that is late and whose next operation is on `machine`: what the
         `order_late` alert of that machine says."""
         with self._lock:
-            for order in self._open.values():
+            for i in sorted(self._by_machine.get(machine, ())):
+                order = self._open[i]
+                if order.due_ms is None:
+                    continue
                 eta = _eta(order, now_ms, self.transfer_min)
-                if order.due_ms is None or eta <= order.due_ms:
+                if eta <= order.due_ms:
                     continue
                 current = next(op for op in order.operations if op.state != "done")
                 if current.machine == machine:
@@ -332,10 +358,11 @@ class OrderBook:
             self._changed(order, now_ms, {op.machine for op in order.operations})
             return order.public()
 
-    def on_event(self, site: str, machine: str, event: DeviceEvent, now_ms: int) -> None:
-        """A machine's job progress, or its failure (its planned operations move)."""
+    def on_event(self, site: str, machine: str, event: DeviceEvent, at_ms: int) -> None:
+        """A machine's job progress, or its failure (its planned operations move); `at_ms`
+        is the event's time."""
         if event.type == "failure":
-            self.replan_machine(machine, f"failure {event.code}", now_ms)
+            self.replan_machine(machine, f"failure {event.code}", at_ms)
             return
         if event.type != "job" or event.job is None:
             return
@@ -346,7 +373,7 @@ class OrderBook:
             if order is None or op is None:
                 log.info("%s reported job %s, which no open order has", machine, event.job)
                 return
-            at = event.ts or now_ms
+            at = at_ms
             touched = {op.machine, machine}
             if event.code == "started" and op.state == "planned":
                 op.state, op.started_ms, op.machine, op.site = "started", at, machine, site
@@ -355,22 +382,29 @@ class OrderBook:
                 op.state, op.done_ms, op.machine, op.site = "done", at, machine, site
             else:
                 return
-            self._changed(order, now_ms, touched)
+            self._changed(order, int(time.time() * 1000), touched)
 
     def on_alert(self, alert: Alert) -> None:
         """A risk or offline alert on a machine with planned operations moves them."""
         if alert.state == "active" and alert.kind in ("risk", "offline"):
             self.replan_machine(alert.machine, f"alert {alert.rule}", alert.updated_at)
 
-    def replan_machine(self, machine: str, why: str, now_ms: int) -> None:
+    def replan_machine(self, machine: str, why: str, at_ms: int) -> None:
+        """Move the planned operations on `machine` of the orders placed before `at_ms` (an
+        order placed later knew of the trouble; a replayed event moves nothing twice)."""
         with self._lock:
             hit = [
-                order
-                for order in self._open.values()
-                if any(op.machine == machine and op.state == "planned" for op in order.operations)
+                self._open[i]
+                for i in sorted(self._by_machine.get(machine, ()))
+                if self._open[i].created_at <= at_ms
+                and any(
+                    op.machine == machine and op.state == "planned"
+                    for op in self._open[i].operations
+                )
             ]
+            now_ms = int(time.time() * 1000)
             for order in hit:
-                self._replan(order, machine, why, now_ms)
+                self._replan(order, machine, why, max(now_ms, at_ms))
 
     def _replan(self, order: Order, avoid: str, why: str, now_ms: int) -> None:
         first = next(i for i, op in enumerate(order.operations) if op.state == "planned")
@@ -419,10 +453,11 @@ class OrderBook:
             else:
                 order.status = "accepted"
         self._save(order)
+        self._index(order)
         if order.status in _CLOSED:
             self._open.pop(order.id, None)
         sites = {op.machine: op.site for op in ops}
-        for machine in sorted(set(machines)):
+        for machine in sorted(set(machines) | set(sites)):  # `ready` changes down the routing
             payload = {"machine": machine, "ts": now_ms, "jobs": self.jobs(machine)}
             topic = self.topics.jobs(sites.get(machine) or self._site(machine), machine)
             self.publish(topic, msgspec.json.encode(payload), True)
