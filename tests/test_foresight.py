@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import msgspec
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -14,6 +15,8 @@ from tests.conftest import TOKEN, feed_pipeline
 from tests.payloads import wear_history
 from tests.services import wait_until
 from twin.config import Settings
+from twin.foresight.forecast import _points, _process_paths
+from twin.model import feature_matrix
 from twin.service import Twin
 
 MINUTE_MS = 60_000
@@ -184,6 +187,40 @@ def test_the_forecast_of_a_simulated_machine_crosses_before_its_tool_wear_failur
         assert fit["theta"] > 0
         assert fit["rmse"] < 0.1
     assert warned >= 0.75 * len(fleet), f"warned before the failure for {warned}/{len(fleet)}"
+
+
+def test_the_process_model_paths_equal_scoring_every_step_and_point(
+    twin: Twin, client: TestClient
+) -> None:
+    """The fast path (each point scored once, the wear's groups moved along a grid) gives the
+    model's own probability for every (step, recent point) row."""
+    rows = [
+        ai4i(
+            m,
+            i,
+            BASE + i * MINUTE_MS,
+            tool_wear_min=120 + i,
+            torque_nm=30 + 2 * i,
+            rotational_speed_rpm=1350 + 20 * i,
+        )
+        for m in ("A", "B")
+        for i in range(20)
+    ]
+    feed_pipeline(twin, online("A", "L"), online("B", "H"), *rows)
+    risk(twin, "A", BASE + 19 * MINUTE_MS)
+    risk(twin, "B", BASE + 19 * MINUTE_MS)
+    times = np.arange(0.0, 481.0, 10.0)
+    found = [twin.foresight.machine(m) for m in ("A", "B")]
+    model = found[0][0]
+    fast = _process_paths(model, [snap for _, snap in found], times)
+    for (_, snap), got in zip(found, fast, strict=True):
+        points = _points(snap)
+        n = len(points["tool_wear_min"])
+        columns = {k: np.tile(v, len(times)) for k, v in points.items()}
+        columns["tool_wear_min"] = np.repeat(snap.values["tool_wear_min"] + times, n)
+        want = model.score(feature_matrix(columns, snap.type))[0].reshape(len(times), n)
+        assert got.shape == (len(times), 20)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-9)
 
 
 def test_a_machine_without_a_process_model_is_forecast_by_its_trend(

@@ -492,6 +492,34 @@ def test_job_events_move_an_order_to_done_and_its_eta_follows(shop: Any) -> None
     assert "names its job" in letters[0]["detail"]
 
 
+def test_resequencing_puts_the_earliest_due_order_first(shop: Any) -> None:
+    twin, client = shop
+    feed_pipeline(twin, status("L2", "L", "offline"), status("M3", "M", "offline"))
+    wait_until(lambda: len(twin.orders.fleet(0, None)[0]) == 2, 10, "two usable machines")
+    late = place(client, quantity=10, due="2100-01-01T00:00:00Z")
+    soon = datetime.fromtimestamp(time.time() + 3600).astimezone().isoformat()
+    urgent = place(client, quantity=10, due=soon)  # queued behind the first: late
+    assert urgent["status"] == "late"
+    done = client.post("/orders/resequence", headers=TOKEN)
+    assert done.status_code == 200, done.text
+    assert done.json()["orders"] == 2
+    assert done.json()["operations_moved"] == 4
+    first = client.get(f"/orders/{urgent['id']}").json()
+    second = client.get(f"/orders/{late['id']}").json()
+    assert [(n, m, round(a), round(b)) for n, m, a, b in spans(first)] == [
+        ("cut", "L1", 0, 30),
+        ("drill", "M1", 30, 45),
+    ]
+    assert first["status"] == "accepted"
+    t0 = (second["created_at"] - first["created_at"]) / 60_000
+    assert [(n, m, round(a + t0), round(b + t0)) for n, m, a, b in spans(second)] == [
+        ("cut", "L1", 30, 60),
+        ("drill", "M1", 60, 75),
+    ]
+    assert [j["order"] for j in twin.orders.jobs("L1")] == [urgent["id"], late["id"]]
+    assert client.post("/orders/resequence").status_code == 401
+
+
 def test_a_machine_going_offline_mid_order_moves_its_unstarted_operations(shop: Any) -> None:
     twin, client = shop
     place(client, quantity=10)  # L1 and M1

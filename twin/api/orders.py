@@ -14,6 +14,7 @@ from twin.api.schemas import (
     OrderPublic,
     QuotePublic,
     QuoteRequest,
+    ResequencePublic,
 )
 from twin.durations import parse_time
 from twin.orders import QuoteRequest as Request
@@ -65,6 +66,18 @@ def place(quoter: QuoterDep, request: QuoteRequest) -> dict[str, Any]:
     scheme = configure(quoter.catalogue, wanted.product, wanted.options, wanted.quantity)
     now = int(time.time() * 1000)
     return quoter.book.place(scheme, wanted.customer, wanted.due_ms, wanted.max_risk, now)
+
+
+@router.post(
+    "/orders/resequence",
+    response_model=ResequencePublic,
+    dependencies=[OperateAccess],
+    summary="Schedule every planned operation again, the earliest due order first",
+)
+def resequence(quoter: QuoterDep) -> dict[str, Any]:
+    """Orders placed as they arrive queue behind those placed before; this is the
+    earliest-due-date schedule of all the work not started. Started operations stay."""
+    return quoter.book.resequence(int(time.time() * 1000))
 
 
 @router.get("/orders", response_model=OrderPage, summary="Orders, newest first")

@@ -648,3 +648,10 @@ class OrderPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class ResequencePublic(BaseModel):
+    orders: int = Field(description="open orders")
+    operations_moved: int = Field(description="operations with a new machine or start")
+    kept: int = Field(description="orders left as they were: an operation has no usable machine")
+    seconds: float

@@ -40,10 +40,10 @@ from twin.foresight.scenario import MINUTE_MS, MINUTES_PER_PROCESS, WEAR
 from twin.messages import CANONICAL_SIGNALS
 from twin.model import Predictor, feature_matrix, missing_signals
 from twin.model.fleet import FleetSpec, features, series
+from twin.model.training import STRAIN
 from twin.state import MachineSnapshot
 
 POINTS = 64  # recent operating points the process model recurs, at most
-SCORE_CHUNK = 100_000  # rows per scoring call (the spline features of a row take ~1 KiB)
 DRAWS = 32  # bootstrap resamples or slope draws for the band
 SITE_DRAWS = 8  # fewer for a site model: each draw feeds a history fork for the horizon
 BAND = (10, 90)  # percentiles
@@ -99,21 +99,14 @@ def trajectories(
     step_min: float,
     window_min: float = WINDOW_MIN,
 ) -> list[Trajectory]:
-    """One path per snapshot. The process model's rows of every snapshot are scored together:
-    a scoring call costs ~25 ms whatever its size, so a fleet's plan makes one, not hundreds."""
+    """One path per snapshot. The process model's points of every snapshot are scored together
+    (a scoring call has a fixed cost, so a fleet's plan makes one, not hundreds)."""
     times = np.arange(0.0, horizon_min + step_min / 2, step_min)
     process = [i for i, snap in enumerate(snaps) if has_process_model(model, snap)]
-    built = [_process_rows(snaps[i], times) for i in process]
     scored: dict[int, np.ndarray] = {}
-    if built:
-        rows = np.vstack([r for r, _ in built])
-        p = np.concatenate(
-            [model.score(rows[k : k + SCORE_CHUNK])[0] for k in range(0, len(rows), SCORE_CHUNK)]
-        )
-        start = 0
-        for i, (r, points) in zip(process, built, strict=True):
-            scored[i] = p[start : start + len(r)].reshape(len(times), points)
-            start += len(r)
+    if process:
+        paths = _process_paths(model, [snaps[i] for i in process], times)
+        scored = dict(zip(process, paths, strict=True))
     return [
         _process(scored[i], snap, times, step_min, window_min)
         if i in scored
@@ -122,15 +115,71 @@ def trajectories(
     ]
 
 
-def _process_rows(snap: MachineSnapshot, times: np.ndarray) -> tuple[np.ndarray, int]:
-    """Every recent operating point at every step's wear: (steps x points) feature rows."""
+def _points(snap: MachineSnapshot) -> dict[str, np.ndarray]:
+    """The recent operating points, each at the live tool wear."""
     others = [s for s in CANONICAL_SIGNALS if s != WEAR]
-    points = [v for _, v in snap.rows if all(s in v for s in others)][-POINTS:]
-    if not points:
-        points = [snap.values]
-    columns = {s: np.tile([p[s] for p in points], len(times)) for s in others}
-    columns[WEAR] = np.repeat(snap.values[WEAR] + times, len(points))
-    return feature_matrix(columns, snap.type), len(points)
+    points = [v for _, v in snap.rows if all(s in v for s in others)][-POINTS:] or [snap.values]
+    columns = {s: np.asarray([p[s] for p in points], dtype=float) for s in others}
+    columns[WEAR] = np.full(len(points), float(snap.values[WEAR]))
+    return columns
+
+
+def _process_paths(
+    model: Predictor, snaps: list[MachineSnapshot], times: np.ndarray
+) -> list[np.ndarray]:
+    """Per snapshot, the model's chance that a process fails at every (step, recent point).
+
+    Along a path only the tool wear moves, and the default model's logit is a sum of feature
+    groups of which three see the wear: the wear's own spline (a function of the wear) and the
+    load's spline and the load x type product (functions of wear x torque, per type). So each
+    point is scored once, at the live wear, and the three groups are taken out and put back at
+    every step's wear from their response on a fine grid (`_wear_response`): the same numbers
+    as scoring every (step, point) row, within the grid's interpolation (~1e-6), at the cost of
+    the points alone."""
+    moving = [model.groups.index(g) for g in WEAR_GROUPS]
+    columns = [_points(snap) for snap in snaps]
+    rows = np.vstack([feature_matrix(c, s.type) for c, s in zip(columns, snaps, strict=True)])
+    logits, contributions = model.logits(rows)
+    base = logits - contributions[:, moving].sum(axis=1)
+    out, start = [], 0
+    for snap, c in zip(snaps, columns, strict=True):
+        n = len(c[WEAR])
+        wear_grid, load_grid = _wear_response(model, str(snap.type))
+        wear = snap.values[WEAR] + times  # (steps,)
+        load = wear[:, None] * c["torque_nm"][None, :]  # (steps, points)
+        logit = (
+            base[start : start + n][None, :]
+            + np.interp(wear, WEAR_GRID, wear_grid)[:, None]
+            + np.interp(load, LOAD_GRID, load_grid)
+        )
+        out.append(expit(logit))
+        start += n
+    return out
+
+
+WEAR_GROUPS = (WEAR, "wear_torque_min_nm", STRAIN)  # the default model's groups wear moves
+# Past the training data both splines are constant, as np.interp is past a grid's ends.
+WEAR_GRID = np.linspace(0.0, 400.0, 4_001)  # minutes of tool wear
+LOAD_GRID = np.linspace(0.0, 30_000.0, 15_001)  # wear x torque, min Nm
+_RESPONSES: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _wear_response(model: Predictor, machine_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """The logit the wear's own group adds at each WEAR_GRID wear, and the logit the two load
+    groups add at each LOAD_GRID load, for this type; cached per model version and type."""
+    key = (model.version, machine_type)
+    if key not in _RESPONSES:
+        index = [model.groups.index(g) for g in WEAR_GROUPS]
+        # Any other values do: the groups read here see the wear or the load alone.
+        fixed = {"air_temp_k": 300.0, "process_temp_k": 310.0, "rotational_speed_rpm": 1500.0}
+        by_wear = {k: np.full(len(WEAR_GRID), v) for k, v in fixed.items()}
+        by_wear.update({"torque_nm": np.full(len(WEAR_GRID), 40.0), WEAR: WEAR_GRID})
+        by_load = {k: np.full(len(LOAD_GRID), v) for k, v in fixed.items()}
+        by_load.update({"torque_nm": LOAD_GRID / 100.0, WEAR: np.full(len(LOAD_GRID), 100.0)})
+        _, wear = model.logits(feature_matrix(by_wear, machine_type))
+        _, load = model.logits(feature_matrix(by_load, machine_type))
+        _RESPONSES[key] = (wear[:, index[0]], load[:, index[1:]].sum(axis=1))
+    return _RESPONSES[key]
 
 
 def _process(

@@ -59,10 +59,13 @@ class Predictor:
 
     def score(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (n,) and per-group logit contributions (n, groups) for rows `X`."""
+        logits, contributions = self.logits(X)
+        return expit(logits), contributions
+
+    def logits(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`score` before the sigmoid: the logits are the contributions' sums plus a constant."""
         Z = self._features.transform(X)
-        probabilities = expit(Z @ self._w + self._b)
-        contributions = ((Z - self._mean) * self._w) @ self._group_matrix
-        return probabilities, contributions
+        return Z @ self._w + self._b, ((Z - self._mean) * self._w) @ self._group_matrix
 
     def explain(self, shares: Sequence[float]) -> dict[str, float]:
         """One row of `score`'s contributions by group, largest magnitude first."""

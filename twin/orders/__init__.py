@@ -9,14 +9,13 @@ import time
 from typing import Any
 
 from twin.foresight import Foresight
-from twin.foresight.forecast import MAX_STEPS
 from twin.orders.book import OrderBook
 from twin.orders.catalogue import Catalogue, load_catalogue
 from twin.orders.quote import REPAIR_MIN, TRANSFER_MIN, Hazard, QuoteRequest, quote
 
 __all__ = ["Catalogue", "OrderBook", "QuoteRequest", "Quoter", "load_catalogue"]
 
-STEP_MIN = 10.0  # the forecasts' step, made longer for a horizon beyond MAX_STEPS of them
+STEP_MIN = 10.0  # the forecast step whose chance of a failure a quote holds
 
 
 class Quoter:
@@ -50,25 +49,17 @@ class Quoter:
             self.repair_min,
         )
 
-    def hazard_for(self, machines: set[str], horizon_min: float) -> Hazard:
-        """Expected failures of a machine over [start, end) minutes from now, from its forecast
-        (the last step's chance repeated beyond the horizon); a machine the forecasts leave out
-        counts its live risk once per operation."""
-        step = max(STEP_MIN, horizon_min / (MAX_STEPS - 1))
-        horizon = max(step, horizon_min)
-        found, _ = self.foresight.paths(sorted(machines), horizon, step, [])
+    def hazard_for(self, machines: set[str]) -> Hazard:
+        """Expected failures of a machine over [start, end) minutes from now: its forecast's
+        chance of a failure in the first step, held over the span (a machine's wear does not
+        run on for the hours of a long order: its maintenance plans and alerts see to that). A
+        machine the forecasts leave out counts its live risk once per operation."""
+        found, _ = self.foresight.paths(sorted(machines), STEP_MIN, STEP_MIN, [])
+        rates = {m: float(path.hazard[0]) / STEP_MIN for m, (_, path, _) in found.items()}
         risks = {m.machine: m.risk or 0.0 for m in self.planner.fleet()}
 
         def hazard(machine: str, start: float, end: float) -> float:
-            path = found.get(machine)
-            if path is None:
-                return risks.get(machine, 0.0)
-            h = path[1].hazard
-            total, k = 0.0, int(start // step)
-            while k * step < end:
-                lo, hi = max(start, k * step), min(end, (k + 1) * step)
-                total += float(h[min(k, len(h) - 1)]) * (hi - lo) / step
-                k += 1
-            return total
+            rate = rates.get(machine)
+            return risks.get(machine, 0.0) if rate is None else rate * (end - start)
 
         return hazard

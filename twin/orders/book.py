@@ -23,12 +23,13 @@ change goes out as an `order` event on `/stream` and on `{root}/$twin/orders` (Q
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -192,9 +193,9 @@ class OrderBook:
 
     # -- placing ----------------------------------------------------------------------------
 
-    def booked(self, now_ms: int, leave_out: int | None = None) -> dict[str, float]:
+    def booked(self, now_ms: int, leave_out: Collection[int] = ()) -> dict[str, float]:
         """Per machine, minutes from now until the open orders' operations on it end (and the
-        ledger's allocations), leaving out order `leave_out`'s planned operations."""
+        ledger's allocations), leaving out the planned operations of the orders `leave_out`."""
         load = self.planner.committed(now_ms)
         with self._lock:
             for machine, ids in self._by_machine.items():
@@ -205,7 +206,7 @@ class OrderBook:
                         for op in self._open[i].operations
                         if op.machine == machine
                         and op.state in ("planned", "started")
-                        and not (i == leave_out and op.state == "planned")
+                        and not (op.state == "planned" and i in leave_out)
                     ),
                     default=now_ms,
                 )
@@ -223,7 +224,7 @@ class OrderBook:
                     self._by_machine.setdefault(op.machine, set()).add(order.id)
 
     def fleet(
-        self, now_ms: int, max_risk: float | None, leave_out: int | None = None
+        self, now_ms: int, max_risk: float | None, leave_out: Collection[int] = ()
     ) -> tuple[list[Machine], list[dict[str, Any]]]:
         limit = self.planner.default_max_risk() if max_risk is None else max_risk
         fleet = self.planner.fleet(self.booked(now_ms, leave_out))
@@ -412,7 +413,7 @@ class OrderBook:
         ready_ms = now_ms
         if before is not None:
             ready_ms = max(now_ms, _end(before, now_ms))
-        machines, _ = self.fleet(now_ms, None, leave_out=order.id)
+        machines, _ = self.fleet(now_ms, None, leave_out={order.id})
         machines = [m for m in machines if m.machine != avoid]
         moving = order.operations[first:]
         bookings = schedule(
@@ -441,6 +442,11 @@ class OrderBook:
 
     def _changed(self, order: Order, now_ms: int, machines: Iterable[str]) -> None:
         """Status and ETA from the operations; stored; machines told; the change sent."""
+        sites = self._update(order, now_ms)
+        self._tell(set(machines) | set(sites), sites, now_ms)  # `ready` moves down the routing
+
+    def _update(self, order: Order, now_ms: int) -> dict[str, str]:
+        """Status and ETA from the operations; stored; the change sent. Its machines' sites."""
         ops = order.operations
         order.eta_ms = _eta(order, now_ms, self.transfer_min)
         if order.status != "cancelled":
@@ -456,16 +462,85 @@ class OrderBook:
         self._index(order)
         if order.status in _CLOSED:
             self._open.pop(order.id, None)
-        sites = {op.machine: op.site for op in ops}
-        for machine in sorted(set(machines) | set(sites)):  # `ready` changes down the routing
-            payload = {"machine": machine, "ts": now_ms, "jobs": self.jobs(machine)}
-            topic = self.topics.jobs(sites.get(machine) or self._site(machine), machine)
-            self.publish(topic, msgspec.json.encode(payload), True)
         body = order.public()
         current = next((op for op in ops if op.state not in _CLOSED), ops[-1])
         data = msgspec.json.encode(body)
         self.hub.publish_json("order", current.site, current.machine, data)
         self.publish(self.topics.orders, data, False)
+        return {op.machine: op.site for op in ops}
+
+    def _tell(self, machines: Iterable[str], sites: dict[str, str], now_ms: int) -> None:
+        """Each machine's jobs topic, as its jobs now are."""
+        for machine in sorted(machines):
+            payload = {"machine": machine, "ts": now_ms, "jobs": self.jobs(machine)}
+            topic = self.topics.jobs(sites.get(machine) or self._site(machine), machine)
+            self.publish(topic, msgspec.json.encode(payload), True)
+
+    def resequence(self, now_ms: int) -> dict[str, Any]:
+        """Every open order's planned operations scheduled again, the earliest due first (those
+        without a due time last): the EDD list schedule of the work not started, which orders
+        placed as they arrived only approximate. Started and done operations stay."""
+        began = time.perf_counter()
+        with self._lock:
+            machines, _ = self.fleet(now_ms, None, leave_out=set(self._open))
+            free = {m.machine: m.load_min for m in machines}
+            by_due = sorted(
+                self._open.values(), key=lambda o: (o.due_ms is None, o.due_ms or 0, o.id)
+            )
+            moved, kept = 0, 0
+            sites: dict[str, str] = {}
+            offers = {(m.type, m.site) for m in machines}
+            movable = []
+            for order in by_due:
+                planned = [op for op in order.operations if op.state == "planned"]
+                if all(
+                    any(
+                        op.machine_type in (t, None) and op.site_required in (s, None)
+                        for t, s in offers
+                    )
+                    for op in planned
+                ):
+                    movable.append(order)
+                else:  # some operation has no usable machine now: it keeps its bookings
+                    kept += 1
+                    for op in planned:
+                        end = (op.planned_end_ms - now_ms) / MINUTE_MS
+                        free[op.machine] = max(free.get(op.machine, 0.0), end)
+            for order in movable:
+                planned_at = [i for i, op in enumerate(order.operations) if op.state == "planned"]
+                if not planned_at:
+                    continue
+                first = planned_at[0]
+                before = order.operations[first - 1] if first else None
+                ready_ms = now_ms if before is None else max(now_ms, _end(before, now_ms))
+                fleet = [dataclasses.replace(m, load_min=free[m.machine]) for m in machines]
+                bookings = schedule(
+                    [op.step() for op in order.operations[first:]],
+                    fleet,
+                    self.transfer_min,
+                    ready_min=(ready_ms - now_ms) / MINUTE_MS,
+                    here=None if before is None else before.site,
+                )
+                assert not isinstance(bookings, str), bookings  # every step has a machine
+                for op, booking in zip(order.operations[first:], bookings, strict=True):
+                    new = _operation(op.seq, booking, now_ms)
+                    moved += (
+                        new.machine != op.machine or new.planned_start_ms != op.planned_start_ms
+                    )
+                    order.operations[op.seq] = new
+                    free[new.machine] = booking.end_min
+                sites |= self._update(order, now_ms)
+            self._tell(set(sites), sites, now_ms)
+        seconds = time.perf_counter() - began
+        log.info(
+            "resequenced %d orders (%d operations moved) in %.2f s", len(by_due), moved, seconds
+        )
+        return {
+            "orders": len(by_due),
+            "operations_moved": moved,
+            "kept": kept,
+            "seconds": round(seconds, 3),
+        }
 
     def _site(self, machine: str) -> str:
         found = self.planner.state.get(machine)

@@ -8,11 +8,11 @@ rule forbids is an `InvalidRequest` naming it.
 The promise is capable-to-promise on the fleet as it is: only machines online and under the risk
 limit, each free from the end of its accepted work and booked operations, around its accepted
 maintenance window, the routing scheduled in order (`twin.planning.routing`). The chance of
-finishing on time comes from the forecasts of the machines used: the expected number of
-failures during their operations (the sum of each forecast's chance of a failure per step,
-`Foresight.paths`), each failure delaying the order by `repair_min`; with failures as a Poisson
-count, the order is on time if no more of them happen than its slack before the due time
-absorbs. Up to two alternatives: the whole routing at another site, and the quantity split into
+finishing on time comes from the risk of the machines used: the expected number of failures
+during their operations (`hazard_for`: each machine's forecast chance of a failure per minute,
+as it operates now), each failure delaying the order by `repair_min`; with failures as a
+Poisson count, the order is on time if no more of them happen than its slack before the due
+time absorbs. Up to two alternatives: the whole routing at another site, and the quantity split into
 two lots. Deterministic: the same request and fleet give the same scheme and times (minutes
 from now).
 """
@@ -195,12 +195,12 @@ def quote(
     request: QuoteRequest,
     fleet: list[Machine],
     max_risk: float,
-    hazard_for: Callable[[set[str], float], Hazard],
+    hazard_for: Callable[[set[str]], Hazard],
     now_ms: int,
     transfer_min: float = TRANSFER_MIN,
     repair_min: float = REPAIR_MIN,
 ) -> dict[str, Any]:
-    """The scheme and its promise; `hazard_for(machines, horizon_min)` gives the forecasts."""
+    """The scheme and its promise; `hazard_for(machines)` gives their expected failures."""
     scheme = configure(catalogue, request.product, request.options, request.quantity)
     machines, excluded = usable_machines(sorted(fleet, key=lambda m: m.machine), max_risk)
     primary, alternatives = plans(scheme, machines, transfer_min)
@@ -224,8 +224,7 @@ def quote(
         body["unavailable"] = primary
         return body
     every = [primary, *(b for _, _, b in alternatives)]
-    horizon = max(b.end_min for bookings in every for b in bookings)
-    hazard = hazard_for({b.machine.machine for bookings in every for b in bookings}, horizon)
+    hazard = hazard_for({b.machine.machine for bookings in every for b in bookings})
     body["promise"] = promise_of(primary, hazard, now_ms, due_min, repair_min)
     body["alternatives"] = [
         {"kind": kind, "description": text, **promise_of(b, hazard, now_ms, due_min, repair_min)}
