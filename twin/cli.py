@@ -250,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run_api(settings, args.host, args.port)
         elif args.command == "demo":
-            if args.machines < 1 or args.rate <= 0:
-                parser.error("--machines and --rate must be positive")
+            if args.machines < 1 or args.rate <= 0 or args.time_scale <= 0:
+                parser.error("--machines, --rate and --time-scale must be positive")
             _demo(settings, args.machines, args.rate, args.port, args.mqtt_port, args.time_scale)
     except TwinError as exc:
         log.error("%s", exc)

@@ -150,7 +150,10 @@ def apply_messages(
             changed.add(twin)
             if on_event is not None and decoded.event is not None:
                 event = decoded.event
-                on_event(twin.site, twin.machine, event, event.ts or raw.received_ms)
+                try:
+                    on_event(twin.site, twin.machine, event, event.ts or raw.received_ms)
+                except Exception:  # the event is applied; what listens must not stop ingest
+                    log.exception("the event on %s could not be handled", raw.topic)
         if decoded.rejections:
             deadletters.add(raw, decoded)
     return changed

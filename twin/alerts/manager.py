@@ -49,12 +49,8 @@ class Episodes(Protocol):
         """The episode is over."""
 
 
-_TIMED = (
-    "offline",
-    "stale",
-    "maintenance",
-    "order",
-)  # kinds whose condition can change with time alone
+# The kinds whose condition can change with time alone.
+_TIMED = ("offline", "stale", "maintenance", "order")
 
 
 class AlertManager:
