@@ -37,11 +37,10 @@ class Quoter:
     def quote(self, request: QuoteRequest) -> dict[str, Any]:
         now = int(time.time() * 1000)
         limit = self.planner.default_max_risk() if request.max_risk is None else request.max_risk
-        fleet = self.planner.fleet(self.book.booked(now))
         return quote(
             self.catalogue,
             request,
-            fleet,
+            self.book.fleet(now, limit),
             limit,
             self.hazard_for,
             now,
@@ -49,17 +48,17 @@ class Quoter:
             self.repair_min,
         )
 
-    def hazard_for(self, machines: set[str]) -> Hazard:
-        """Expected failures of a machine over [start, end) minutes from now: its forecast's
-        chance of a failure in the first step, held over the span (a machine's wear does not
-        run on for the hours of a long order: its maintenance plans and alerts see to that). A
-        machine the forecasts leave out counts its live risk once per operation."""
-        found, _ = self.foresight.paths(sorted(machines), STEP_MIN, STEP_MIN, [])
+    def hazard_for(self, risks: dict[str, float]) -> Hazard:
+        """Expected failures of a machine (of `risks`: machine -> live risk) over [start, end)
+        minutes from now: its forecast's chance of a failure in the first step, held over the
+        span (a machine's wear does not run on for the hours of a long order: its maintenance
+        plans and alerts see to that). A machine the forecasts leave out counts its live risk
+        once per operation."""
+        found, _ = self.foresight.paths(sorted(risks), STEP_MIN, STEP_MIN, [])
         rates = {m: float(path.hazard[0]) / STEP_MIN for m, (_, path, _) in found.items()}
-        risks = {m.machine: m.risk or 0.0 for m in self.planner.fleet()}
 
         def hazard(machine: str, start: float, end: float) -> float:
             rate = rates.get(machine)
-            return risks.get(machine, 0.0) if rate is None else rate * (end - start)
+            return risks[machine] if rate is None else rate * (end - start)
 
         return hazard

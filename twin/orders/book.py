@@ -44,7 +44,8 @@ from twin.orders.quote import MINUTE_MS, Scheme, rfc3339
 from twin.outbound import Publish
 from twin.planning import AllocationLedger, Machine
 from twin.planning.allocation import usable_machines
-from twin.planning.routing import Booking, Step, schedule
+from twin.planning.ledger import marks
+from twin.planning.routing import Booking, Step, eligible, schedule
 from twin.stream import EventHub
 from twin.topics import Topics
 
@@ -226,6 +227,8 @@ class OrderBook:
     def fleet(
         self, now_ms: int, max_risk: float | None, leave_out: Collection[int] = ()
     ) -> tuple[list[Machine], list[dict[str, Any]]]:
+        """The machines usable under `max_risk` (default: the model's threshold), loaded with
+        what they hold, and the others with why (`allocation.usable_machines`)."""
         limit = self.planner.default_max_risk() if max_risk is None else max_risk
         fleet = self.planner.fleet(self.booked(now_ms, leave_out))
         return usable_machines(sorted(fleet, key=lambda m: m.machine), limit)
@@ -374,20 +377,20 @@ class OrderBook:
             if order is None or op is None:
                 log.info("%s reported job %s, which no open order has", machine, event.job)
                 return
-            at = at_ms
             touched = {op.machine, machine}
             if event.code == "started" and op.state == "planned":
-                op.state, op.started_ms, op.machine, op.site = "started", at, machine, site
+                op.state, op.started_ms, op.machine, op.site = "started", at_ms, machine, site
             elif event.code == "done" and op.state in ("planned", "started"):
-                op.started_ms = op.started_ms or at
-                op.state, op.done_ms, op.machine, op.site = "done", at, machine, site
+                op.started_ms = op.started_ms or at_ms
+                op.state, op.done_ms, op.machine, op.site = "done", at_ms, machine, site
             else:
                 return
             self._changed(order, int(time.time() * 1000), touched)
 
     def on_alert(self, alert: Alert) -> None:
-        """A risk or offline alert on a machine with planned operations moves them."""
-        if alert.state == "active" and alert.kind in ("risk", "offline"):
+        """A risk or offline alert on a machine with planned operations moves them (the alerts
+        that mark allocations, `ledger.marks`)."""
+        if marks(alert.state, alert.kind):
             self.replan_machine(alert.machine, f"alert {alert.rule}", alert.updated_at)
 
     def replan_machine(self, machine: str, why: str, at_ms: int) -> None:
@@ -407,14 +410,14 @@ class OrderBook:
             for order in hit:
                 self._replan(order, machine, why, max(now_ms, at_ms))
 
-    def _replan(self, order: Order, avoid: str, why: str, now_ms: int) -> None:
+    def _reschedule(
+        self, order: Order, machines: list[Machine], now_ms: int
+    ) -> list[tuple[Operation, Operation]] | str:
+        """The order's planned operations (from the first) scheduled again on `machines`,
+        after what came before them: (old, new) pairs, the new ones in place; or why not."""
         first = next(i for i, op in enumerate(order.operations) if op.state == "planned")
         before = order.operations[first - 1] if first else None
-        ready_ms = now_ms
-        if before is not None:
-            ready_ms = max(now_ms, _end(before, now_ms))
-        machines, _ = self.fleet(now_ms, None, leave_out={order.id})
-        machines = [m for m in machines if m.machine != avoid]
+        ready_ms = now_ms if before is None else max(now_ms, _end(before, now_ms))
         moving = order.operations[first:]
         bookings = schedule(
             [op.step() for op in moving],
@@ -424,17 +427,26 @@ class OrderBook:
             here=None if before is None else before.site,
         )
         if isinstance(bookings, str):
-            log.warning(
-                "order %d: cannot move its operations off %s: %s", order.id, avoid, bookings
-            )
+            return bookings
+        pairs = [
+            (op, _operation(op.seq, b, now_ms)) for op, b in zip(moving, bookings, strict=True)
+        ]
+        for _, new in pairs:
+            order.operations[new.seq] = new
+        return pairs
+
+    def _replan(self, order: Order, avoid: str, why: str, now_ms: int) -> None:
+        machines, _ = self.fleet(now_ms, None, leave_out={order.id})
+        pairs = self._reschedule(order, [m for m in machines if m.machine != avoid], now_ms)
+        if isinstance(pairs, str):
+            log.warning("order %d: cannot move its operations off %s: %s", order.id, avoid, pairs)
             return
-        touched = {op.machine for op in moving}
-        moves = []
-        for op, booking in zip(moving, bookings, strict=True):
-            new = _operation(op.seq, booking, now_ms)
-            if new.machine != op.machine:
-                moves.append({"operation": op.name, "from": op.machine, "to": new.machine})
-            order.operations[op.seq] = new
+        touched = {old.machine for old, _ in pairs}
+        moves = [
+            {"operation": old.name, "from": old.machine, "to": new.machine}
+            for old, new in pairs
+            if new.machine != old.machine
+        ]
         order.replans += 1
         order.moves = [{"why": why, "at": now_ms, **m} for m in moves]
         log.info("order %d re-planned (%s): %s", order.id, why, moves or "no machine changed")
@@ -489,17 +501,11 @@ class OrderBook:
             )
             moved, kept = 0, 0
             sites: dict[str, str] = {}
-            offers = {(m.type, m.site) for m in machines}
+            kinds = list({(m.type, m.site): m for m in machines}.values())  # one of each
             movable = []
             for order in by_due:
                 planned = [op for op in order.operations if op.state == "planned"]
-                if all(
-                    any(
-                        op.machine_type in (t, None) and op.site_required in (s, None)
-                        for t, s in offers
-                    )
-                    for op in planned
-                ):
+                if all(any(eligible(op.step(), m) for m in kinds) for op in planned):
                     movable.append(order)
                 else:  # some operation has no usable machine now: it keeps its bookings
                     kept += 1
@@ -507,28 +513,17 @@ class OrderBook:
                         end = (op.planned_end_ms - now_ms) / MINUTE_MS
                         free[op.machine] = max(free.get(op.machine, 0.0), end)
             for order in movable:
-                planned_at = [i for i, op in enumerate(order.operations) if op.state == "planned"]
-                if not planned_at:
+                if all(op.state != "planned" for op in order.operations):
                     continue
-                first = planned_at[0]
-                before = order.operations[first - 1] if first else None
-                ready_ms = now_ms if before is None else max(now_ms, _end(before, now_ms))
                 fleet = [dataclasses.replace(m, load_min=free[m.machine]) for m in machines]
-                bookings = schedule(
-                    [op.step() for op in order.operations[first:]],
-                    fleet,
-                    self.transfer_min,
-                    ready_min=(ready_ms - now_ms) / MINUTE_MS,
-                    here=None if before is None else before.site,
-                )
-                assert not isinstance(bookings, str), bookings  # every step has a machine
-                for op, booking in zip(order.operations[first:], bookings, strict=True):
-                    new = _operation(op.seq, booking, now_ms)
-                    moved += (
-                        new.machine != op.machine or new.planned_start_ms != op.planned_start_ms
+                pairs = self._reschedule(order, fleet, now_ms)
+                assert not isinstance(pairs, str), pairs  # every step has a machine
+                for old, new in pairs:
+                    moved += (new.machine, new.planned_start_ms) != (
+                        old.machine,
+                        old.planned_start_ms,
                     )
-                    order.operations[op.seq] = new
-                    free[new.machine] = booking.end_min
+                    free[new.machine] = (new.planned_end_ms - now_ms) / MINUTE_MS
                 sites |= self._update(order, now_ms)
             self._tell(set(sites), sites, now_ms)
         seconds = time.perf_counter() - began

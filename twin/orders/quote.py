@@ -29,7 +29,7 @@ from scipy.stats import poisson
 
 from twin.errors import InvalidRequest
 from twin.orders.catalogue import Catalogue, Operation, Product
-from twin.planning.allocation import Machine, usable_machines
+from twin.planning.allocation import Machine
 from twin.planning.routing import Booking, Step, schedule, split
 
 MINUTE_MS = 60_000
@@ -193,16 +193,18 @@ def plans(
 def quote(
     catalogue: Catalogue,
     request: QuoteRequest,
-    fleet: list[Machine],
+    fleet: tuple[list[Machine], list[dict[str, Any]]],
     max_risk: float,
-    hazard_for: Callable[[set[str]], Hazard],
+    hazard_for: Callable[[dict[str, float]], Hazard],
     now_ms: int,
     transfer_min: float = TRANSFER_MIN,
     repair_min: float = REPAIR_MIN,
 ) -> dict[str, Any]:
-    """The scheme and its promise; `hazard_for(machines)` gives their expected failures."""
+    """The scheme and its promise on `fleet` (the machines usable under `max_risk`, with their
+    load, and the others with why); `hazard_for(risks)` gives the expected failures of the
+    machines used (machine -> live risk)."""
     scheme = configure(catalogue, request.product, request.options, request.quantity)
-    machines, excluded = usable_machines(sorted(fleet, key=lambda m: m.machine), max_risk)
+    machines, excluded = fleet
     primary, alternatives = plans(scheme, machines, transfer_min)
     due_min = None if request.due_ms is None else (request.due_ms - now_ms) / MINUTE_MS
     body: dict[str, Any] = {
@@ -224,7 +226,7 @@ def quote(
         body["unavailable"] = primary
         return body
     every = [primary, *(b for _, _, b in alternatives)]
-    hazard = hazard_for({b.machine.machine for bookings in every for b in bookings})
+    hazard = hazard_for({b.machine.machine: b.machine.risk or 0.0 for bs in every for b in bs})
     body["promise"] = promise_of(primary, hazard, now_ms, due_min, repair_min)
     body["alternatives"] = [
         {"kind": kind, "description": text, **promise_of(b, hazard, now_ms, due_min, repair_min)}

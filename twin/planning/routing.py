@@ -53,6 +53,14 @@ class Booking:
     transfer_min: float
 
 
+def eligible(step: Step, machine: Machine, site: str | None = None) -> bool:
+    """Whether `machine` can run `step`: its type, and its site (or `site`) if it names one."""
+    where = step.site or site
+    return (step.machine_type is None or machine.type == step.machine_type) and (
+        where is None or machine.site == where
+    )
+
+
 def schedule(
     steps: list[Step],
     machines: list[Machine],
@@ -68,12 +76,9 @@ def schedule(
     ready: float = ready_min
     out: list[Booking] = []
     for step in steps:
-        where = step.site or site
         best: tuple[tuple[float, float, str], Booking] | None = None
         for m in machines:
-            if step.machine_type is not None and m.type != step.machine_type:
-                continue
-            if where is not None and m.site != where:
+            if not eligible(step, m, site):
                 continue
             moved = transfer_min if here is not None and m.site != here else 0.0
             start = max(ready + moved, free[m.machine])
@@ -85,7 +90,10 @@ def schedule(
             if best is None or key < best[0]:
                 best = (key, Booking(step, m, start, end, moved))
         if best is None:
-            needs = [f"type {step.machine_type}" if step.machine_type else "", where or ""]
+            needs = [
+                f"type {step.machine_type}" if step.machine_type else "",
+                step.site or site or "",
+            ]
             what = " at site ".join(x for x in needs if x) or "any"
             return f"no usable machine ({what}) for operation {step.name}"
         booking = best[1]
