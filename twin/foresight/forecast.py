@@ -134,8 +134,8 @@ def _process_paths(
     load's spline and the load x type product (functions of wear x torque, per type). So each
     point is scored once, at the live wear, and the three groups are taken out and put back at
     every step's wear from their response on a fine grid (`_wear_response`): the same numbers
-    as scoring every (step, point) row, within the grid's interpolation (~1e-6), at the cost of
-    the points alone."""
+    as scoring every (step, point) row, within the grid's interpolation (~3e-5 relative; the
+    test holds it to 1e-4), at the cost of the points alone."""
     moving = [model.groups.index(g) for g in WEAR_GROUPS]
     columns = [_points(snap) for snap in snaps]
     rows = np.vstack([feature_matrix(c, s.type) for c, s in zip(columns, snaps, strict=True)])
