@@ -825,7 +825,7 @@ def test_training_reads_the_history_stream_and_its_model_reaches_every_worker(
     version = result["candidate"]["version"]
     models = cluster.get("/model")
     assert models["active"]["site:plant2"]["version"] == version
-    assert "vibration_mm_s_mean_3h" in models["active"]["site:plant2"]["features"]
+    assert "vibration_mm_s" in models["active"]["site:plant2"]["features"]
 
     def scoring_with(version: str) -> bool:
         workers = cluster.get("/cluster")["workers"]

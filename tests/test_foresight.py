@@ -128,7 +128,11 @@ def test_site_model_whatif_recomputes_its_window_features(twin: Twin, client: Te
             {
                 "ts": ts + k * MINUTE_MS,
                 "seq": 10_000 + k,
-                "values": {"vibration_mm_s": 9.5, "pressure_bar": snap.values["pressure_bar"]},
+                "values": {
+                    "vibration_mm_s": 9.5,
+                    "pressure_bar": snap.values["pressure_bar"],
+                    "temperature_c": snap.values["temperature_c"],
+                },
             },
         )
         for k in range(1, 41)

@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     stats_window_s: float = Field(default=600.0, gt=0)
 
     history_bucket_s: int = Field(default=300, ge=1, le=86_400)
+    # The longest window a site model's features may use: each twin keeps this much history
+    # in memory (about 1 KB a bucket of five signals).
+    feature_window_s: int = Field(default=86_400, ge=60, le=30 * 86_400)
     alert_rules: Path | None = None  # a TOML file of [[rule]] tables, added to the defaults
     alert_retention_s: float = Field(default=7 * 24 * 3600, gt=0)
     controls: Path | None = None  # TOML: the signals setpoint advice may change, per type

@@ -19,7 +19,6 @@ from twin.deadletters import DeadLetters
 from twin.history import HistoryOutbox, HistoryPolicy
 from twin.messages import Decoded, DeviceEvent, Limits, RawMessage, Rejection, decode
 from twin.model import Registry
-from twin.model.fleet import FEATURE_WINDOW_MS
 from twin.orders.book import OrderBook
 from twin.outbound import Outbound, Publish
 from twin.planning import AllocationLedger
@@ -46,7 +45,7 @@ def fleet_state(settings: Settings, outbox: HistoryOutbox) -> FleetState:
     return FleetState(
         s.recent_readings,
         s.stats_window_s,
-        HistoryPolicy(s.history_bucket_s * 1000, FEATURE_WINDOW_MS),
+        HistoryPolicy(s.history_bucket_s * 1000, s.feature_window_s * 1000),
         outbox,
     )
 

@@ -13,6 +13,7 @@ closed count in the live state but not in the history buckets.
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable
@@ -26,6 +27,7 @@ import msgspec
 from twin import database
 from twin.errors import StorageError
 from twin.messages import DeviceEvent
+from twin.model.fleet import EVENT_TYPES
 
 Signals = dict[str, tuple[float, float, float, float]]
 
@@ -50,6 +52,7 @@ class HistoryPolicy:
     samples: int = 50  # readings sampled per bucket, at most about
 
 
+MAX_EVENT_KINDS = 256  # (type, code) pairs a twin remembers the last event of, at most
 ClosedBucket = tuple[str, str, Bucket]  # machine, site, bucket
 StoredEvent = tuple[str, str, DeviceEvent]  # machine, site, event
 
@@ -122,9 +125,9 @@ class LiveHistory:
         "_seen",
         "_stride",
         "buckets",
-        "errors",
+        "last",
         "machine",
-        "maintenance",
+        "recent",
         "site",
     )
 
@@ -144,8 +147,8 @@ class LiveHistory:
         # Lists, not deques: an empty deque takes 760 bytes, and most machines have few of these
         # (at most a window of buckets, 288 at the defaults), so dropping the oldest is cheap.
         self.buckets: list[Bucket] = []
-        self.errors: list[tuple[int, str]] = []  # (ts, code) within the longest window
-        self.maintenance: dict[str, int] = {}  # code -> ts of the last maintenance event
+        self.recent: list[tuple[int, str, str]] = []  # (ts, type, code) within the window
+        self.last: dict[tuple[str, str], int] = {}  # (type, code) -> ts of the last one
 
     def add(self, ts: int, values: dict[str, float], live: dict[str, tuple[float, int]]) -> None:
         """An in-order reading at event time `ts`; `live` is the twin's values, already updated."""
@@ -191,13 +194,13 @@ class LiveHistory:
 
     def event(self, event: DeviceEvent) -> None:
         assert event.ts is not None
-        if event.type == "error":
-            self.errors.append((event.ts, event.code))
-            horizon = event.ts - self._policy.window_ms
-            old = next((i for i, e in enumerate(self.errors) if e[0] >= horizon), None)
-            del self.errors[: len(self.errors) if old is None else old]
-        elif event.type == "maintenance":
-            self.maintenance[event.code] = max(event.ts, self.maintenance.get(event.code, 0))
+        if event.type in EVENT_TYPES:  # what site models' event features count
+            bisect.insort(self.recent, (event.ts, event.type, event.code))
+            horizon = self.recent[-1][0] - self._policy.window_ms
+            del self.recent[: bisect.bisect_left(self.recent, (horizon, "", ""))]
+            kind = (event.type, event.code)
+            if kind in self.last or len(self.last) < MAX_EVENT_KINDS:
+                self.last[kind] = max(event.ts, self.last.get(kind, 0))
         self._outbox.event((self.machine, self.site, event))
 
     def fork(self) -> LiveHistory:
@@ -208,22 +211,31 @@ class LiveHistory:
         copy._acc = {name: list(slot) for name, slot in self._acc.items()}
         copy._seen, copy._stride, copy._next_sample = self._seen, self._stride, self._next_sample
         copy.buckets = list(self.buckets)  # buckets are immutable
-        copy.errors = list(self.errors)
-        copy.maintenance = dict(self.maintenance)
+        copy.recent = list(self.recent)
+        copy.last = dict(self.last)
         return copy
 
     def events(self) -> list[tuple[int, str, str]]:
-        """(ts, type, code) of the errors and last maintenance events in the window, by time."""
-        events = [(ts, "error", code) for ts, code in self.errors]
-        events += [(ts, "maintenance", code) for code, ts in self.maintenance.items()]
+        """(ts, type, code) of the events in the window and the last of each kind, by time."""
+        events = set(self.recent)
+        events.update((ts, kind, code) for (kind, code), ts in self.last.items())
         return sorted(events)
+
+    def seen_since(self, since: int) -> set[str]:
+        """The signals sent at or after event time `since` (closed buckets and the open one)."""
+        seen = set(self._acc) if self._bucket_end > since else set()
+        for bucket in reversed(self.buckets):
+            if bucket.start + self._policy.bucket_ms <= since:
+                break
+            seen.update(bucket.signals)
+        return seen
 
     def dump(self) -> dict[str, Any]:
         return {
             "bucket": [self._bucket, self._acc, self._seen, self._stride],
             "buckets": [[b.start, b.signals] for b in self.buckets],
-            "errors": list(self.errors),
-            "maintenance": self.maintenance,
+            "events": list(self.recent),
+            "last": [[kind, code, ts] for (kind, code), ts in self.last.items()],
         }
 
     def load(self, data: dict[str, Any]) -> None:
@@ -234,8 +246,13 @@ class LiveHistory:
             Bucket(start, {k: (v[0], v[1], v[2], v[3]) for k, v in signals.items()})
             for start, signals in data["buckets"]
         )
-        self.errors.extend((ts, code) for ts, code in data["errors"])
-        self.maintenance = data["maintenance"]
+        if "events" in data:
+            self.recent.extend((ts, kind, code) for ts, kind, code in data["events"])
+            self.last = {(kind, code): ts for kind, code, ts in data["last"]}
+        else:  # a snapshot of an earlier version: errors in the window, last maintenance
+            self.recent.extend((ts, "error", code) for ts, code in data["errors"])
+            self.last = {("maintenance", code): ts for code, ts in data["maintenance"].items()}
+            self.last.update((("error", code), ts) for ts, code in data["errors"])
 
 
 _SCHEMA = """

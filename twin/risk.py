@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from twin.model import (
     missing_signals,
     read_ai4i_csv,
 )
-from twin.model.fleet import FleetSpec, features, series
+from twin.model.fleet import Attributes, FleetSpec, attributes_of, features, series, window_label
 from twin.model.predictor import ranked
 from twin.state import FleetState, MachineTwin
 
@@ -49,6 +50,7 @@ class Risk:
     updated_at: int  # epoch ms of the scoring
     groups: tuple[str, ...] = ()  # the model's feature groups
     shares: tuple[float, ...] = ()  # each group's share of the logit, in `groups` order
+    imputed: tuple[str, ...] = ()  # the model's signals the machine did not send: imputed
 
     @property
     def contributions(self) -> dict[str, float]:
@@ -63,6 +65,7 @@ class Risk:
             "threshold": self.threshold,
             "updated_at": self.updated_at,
             "contributions": self.contributions,
+            "imputed": list(self.imputed),
         }
 
 
@@ -79,26 +82,45 @@ def model_for(models: Mapping[str, Predictor], site: str) -> Predictor | None:
     return models.get(site_scope(site)) or models.get(DEFAULT_SCOPE)
 
 
+class Row(NamedTuple):
+    """A machine's feature row for a model, or None and why not; and what was imputed."""
+
+    values: list[float] | None
+    reason: str | None = None
+    imputed: tuple[str, ...] = ()
+
+
 def model_row(
     model: Predictor,
     live: Mapping[str, float],
-    machine_type: str | None,
+    attributes: Attributes,
     history: LiveHistory,
     ts: int,
-) -> tuple[list[float] | None, str | None]:
-    """A machine's feature row for `model` at event time `ts`, or None and why not. The one
-    place live scoring, what-if and forecasts build rows."""
+) -> Row:
+    """A machine's feature row for `model` at event time `ts`. The one place live scoring,
+    what-if and forecasts build rows.
+
+    The default model needs all five canonical signals. A site model scores a machine that
+    sent more than half of its signals within the shortest window; the others are imputed
+    (`Row.imputed`)."""
     if model.kind != "fleet":
         missing = missing_signals(live)
         if missing:
-            return None, f"missing signals: {', '.join(missing)}"
-        return feature_row(live, machine_type), None
+            return Row(None, f"missing signals: {', '.join(missing)}")
+        kind = attributes.get("type")
+        return Row(feature_row(live, kind if isinstance(kind, str) else None))
     spec = FleetSpec.from_json(model.manifest["fleet"])
-    absent = [s for s in spec.signals if s not in live]
-    if absent:
-        return None, f"missing signals: {', '.join(absent)}"
-    data = series(list(history.buckets), history.events())
-    return list(features(spec, data, np.asarray([ts]), dict(live))[0]), None
+    seen = history.seen_since(ts - spec.stale_ms)
+    fresh = {s: live[s] for s in spec.signals if s in live and s in seen}
+    absent = tuple(s for s in spec.signals if s not in fresh)
+    if 2 * len(fresh) <= len(spec.signals):
+        return Row(
+            None,
+            f"missing signals: {', '.join(absent)} (sent {len(fresh)} of the model's "
+            f"{len(spec.signals)} within {window_label(spec.stale_ms)}; more than half needed)",
+        )
+    data = series(list(history.buckets), history.events(), attributes)
+    return Row(list(features(spec, data, np.asarray([ts]), fresh)[0]), None, absent)
 
 
 class RiskScorer:
@@ -187,23 +209,24 @@ class RiskScorer:
         return dirty
 
     @staticmethod
-    def _row(model: Predictor, twin: MachineTwin) -> tuple[list[float] | None, str | None]:
+    def _row(model: Predictor, twin: MachineTwin) -> Row:
         live = {k: v for k, (v, _) in twin.values.items()}
-        return model_row(model, live, twin.type, twin.history, twin.latest_ts)
+        attributes = attributes_of(twin.type, twin.properties)
+        return model_row(model, live, attributes, twin.history, twin.latest_ts)
 
     def _score(self, twins: Iterable[MachineTwin]) -> None:
         started = time.perf_counter()
         models = self.models()
-        batches: dict[str, tuple[Predictor, list[MachineTwin], list[list[float]]]] = {}
+        batches: dict[str, tuple[Predictor, list[MachineTwin], list[Row]]] = {}
         unscored: list[tuple[MachineTwin, Risk | None, str | None]] = []
         for twin in twins:
             model = model_for(models, twin.site)
             if model is None:
                 unscored.append((twin, None, "no active model"))
                 continue
-            row, reason = self._row(model, twin)
-            if row is None:
-                unscored.append((twin, None, reason))
+            row = self._row(model, twin)
+            if row.values is None:
+                unscored.append((twin, None, row.reason))
                 continue
             batch = batches.setdefault(model.version, (model, [], []))
             batch[1].append(twin)
@@ -211,13 +234,18 @@ class RiskScorer:
         self.state.set_risks(unscored)
         now = int(time.time() * 1000)
         for model, scored, rows in batches.values():
-            probabilities, contributions = model.score(np.asarray(rows))
+            probabilities, contributions = model.score(np.asarray([r.values for r in rows]))
             groups = model.groups
             risks = [
-                Risk(p, model.version, model.threshold, now, groups, tuple(shares))
-                for p, shares in zip(probabilities.tolist(), contributions.tolist(), strict=True)
+                Risk(p, model.version, model.threshold, now, groups, tuple(shares), row.imputed)
+                for p, shares, row in zip(
+                    probabilities.tolist(), contributions.tolist(), rows, strict=True
+                )
             ]
-            self.state.set_risks((t, r, None) for t, r in zip(scored, risks, strict=True))
+            self.state.set_risks(
+                (t, r, f"imputed: {', '.join(r.imputed)} (not sent)" if r.imputed else None)
+                for t, r in zip(scored, risks, strict=True)
+            )
             fresh = [(t.site, t.machine, r) for t, r in zip(scored, risks, strict=True)]
             for listener in self.listeners:
                 listener(fresh)

@@ -123,7 +123,9 @@ class Twin:
             s.order_repair_min,
         )
         home = LocalModels(self.registry, self.scorer, self.state)
-        self.trainer = Trainer(self.history_store, home, s.history_bucket_s * 1000)
+        self.trainer = Trainer(
+            self.history_store, home, s.history_bucket_s * 1000, s.feature_window_s * 1000
+        )
         self.history = History(self.state, sinks.reader(s))
         self.started_at = time.monotonic()
         self.running = False

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from twin.history import HistoryOutbox, HistoryPolicy, LiveHistory
 from twin.messages import Decoded, DeviceEvent, Reading, Rejection, Status
+from twin.model.fleet import Attributes, attributes_of
 from twin.window import RecentWindow
 
 if TYPE_CHECKING:
@@ -379,6 +380,7 @@ class MachineSnapshot:
     values: dict[str, float]
     rows: list[tuple[int, dict[str, float]]]  # the recent window, oldest first
     history: LiveHistory
+    attributes: Attributes
     last_events: dict[str, dict[str, Any]]
     risk: Risk | None
     risk_reason: str | None
@@ -512,15 +514,17 @@ class FleetState:
                 {name: value for name, (value, _) in t.values.items()},
                 t.recent.rows(),
                 t.history.fork(),
+                attributes_of(t.type, t.properties),
                 {kind: dict(event) for kind, event in t.last_events.items()},
                 t.risk,
                 t.risk_reason,
             )
 
-    def machine_type(self, machine: str) -> str | None:
+    def attributes(self, machine: str) -> Attributes:
+        """The machine's type and numeric status properties, as site models read them."""
         with self._lock:
             twin = self._machines.get(machine)
-            return None if twin is None else twin.type
+            return {} if twin is None else attributes_of(twin.type, twin.properties)
 
     def query(
         self,

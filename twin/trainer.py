@@ -17,23 +17,31 @@ from typing import Any, Protocol
 
 import numpy as np
 import sklearn
+from sklearn.metrics import average_precision_score
+from sklearn.pipeline import Pipeline
 
 from twin.errors import Conflict
 from twin.history import HistoryStore
 from twin.model import DEFAULT_SCOPE, Predictor, Registry, feature_row, fit_threshold
 from twin.model.fleet import (
+    DEFAULT_WINDOWS_MS,
+    FAMILIES,
+    Attributes,
     FleetSpec,
     FleetTrainingError,
     Samples,
+    blank_signals,
     build_pipeline,
     features,
+    machine_split,
     samples,
     series,
     spec_from,
     time_split,
+    window_label,
 )
 from twin.model.registry import new_version
-from twin.model.training import quality
+from twin.model.training import best_threshold, quality
 from twin.risk import RiskScorer, site_scope
 from twin.state import FleetState
 
@@ -41,6 +49,8 @@ log = logging.getLogger(__name__)
 
 MIN_TRAIN_POSITIVES = 10
 MIN_HELD_OUT_POSITIVES = 3
+MIN_GROUPED_MACHINES = 10  # fewer, and the gate judges on the time split alone
+MIN_GAIN = 0.005  # average precision a feature family or the splines must add to be kept
 
 
 class TrainerBusy(Conflict):
@@ -57,7 +67,8 @@ class ModelHome(Protocol):
     def keep(self, predictor: Predictor, activate: bool) -> None:
         """Store the candidate; with `activate`, score its scope with it from now on."""
 
-    def machine_type(self, machine: str) -> str | None: ...
+    def attributes(self, machine: str) -> Attributes:
+        """The machine's type and numeric status properties (`fleet.attributes_of`)."""
 
 
 class LocalModels:
@@ -78,11 +89,16 @@ class LocalModels:
                 "model %s is active; the fleet was not rescored with it yet", predictor.version
             )
 
-    def machine_type(self, machine: str) -> str | None:
-        return self.state.machine_type(machine)
+    def attributes(self, machine: str) -> Attributes:
+        return self.state.attributes(machine)
 
 
-def job_for(site: str | None, horizon_ms: int, force: bool) -> dict[str, Any]:
+def job_for(
+    site: str | None,
+    horizon_ms: int,
+    force: bool,
+    windows_ms: tuple[int, ...] = DEFAULT_WINDOWS_MS,
+) -> dict[str, Any]:
     """A new job's record, as `GET /model` shows it."""
     now = int(time.time() * 1000)
     return {
@@ -92,6 +108,7 @@ def job_for(site: str | None, horizon_ms: int, force: bool) -> dict[str, Any]:
         "scope": site_scope(site) if site else DEFAULT_SCOPE,
         "site": site,
         "label_horizon_ms": horizon_ms,
+        "windows_ms": list(windows_ms),
         "force": force,
         "started_at": now,
     }
@@ -100,20 +117,36 @@ def job_for(site: str | None, horizon_ms: int, force: bool) -> dict[str, Any]:
 class Trainer:
     """Runs fleet-model training jobs and keeps the last one's status."""
 
-    def __init__(self, history: HistoryStore, home: ModelHome, bucket_ms: int) -> None:
+    def __init__(
+        self, history: HistoryStore, home: ModelHome, bucket_ms: int, max_window_ms: int
+    ) -> None:
         self.history = history
         self.home = home
         self.bucket_ms = bucket_ms
+        self.max_window_ms = max_window_ms  # the history twins keep in memory
         self.job: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
-    def start(self, site: str | None, horizon_ms: int, force: bool) -> dict[str, Any]:
+    def start(
+        self,
+        site: str | None,
+        horizon_ms: int,
+        force: bool,
+        windows_ms: tuple[int, ...] = DEFAULT_WINDOWS_MS,
+    ) -> dict[str, Any]:
         """Check the request can train, then start the job; raise `FleetTrainingError` if not."""
-        self.check(site)
-        return self.run(job_for(site, horizon_ms, force))
+        self.check(site, windows_ms)
+        return self.run(job_for(site, horizon_ms, force, windows_ms))
 
-    def check(self, site: str | None) -> None:
-        """Raise `FleetTrainingError` unless the history holds enough failures to train on."""
+    def check(self, site: str | None, windows_ms: tuple[int, ...] = DEFAULT_WINDOWS_MS) -> None:
+        """Raise `FleetTrainingError` unless the history holds enough failures to train on and
+        the twins keep enough history in memory to compute the windows live."""
+        longest = max(windows_ms)
+        if longest > self.max_window_ms:
+            raise FleetTrainingError(
+                f"window {window_label(longest)} is longer than the history the twins keep "
+                f"({window_label(self.max_window_ms)}, TWIN_FEATURE_WINDOW_S)"
+            )
         failures = self.history.failures(site)
         if failures < MIN_TRAIN_POSITIVES:
             where = f"site {site!r}" if site else "the fleet"
@@ -132,9 +165,16 @@ class Trainer:
         return dict(job)
 
     def _run(self, job: dict[str, Any]) -> None:
+        started = time.monotonic()
         try:
             job.update(self._train(job))
             job["state"] = "done"
+            log.info(
+                "training for %s done in %.0f s: %s",
+                job["scope"],
+                time.monotonic() - started,
+                job["reason"],
+            )
         except FleetTrainingError as exc:
             job.update(state="failed", error=str(exc))
             log.warning("training for %s refused: %s", job["scope"], exc)
@@ -147,11 +187,13 @@ class Trainer:
         site, horizon = job["site"], job["label_horizon_ms"]
         job["progress"] = "loading history"
         stored = self.history.load(site)
-        histories = {m: series(h.buckets, h.events) for m, h in stored.items()}
-        spec = spec_from(histories, self.bucket_ms)
+        histories = {
+            m: series(h.buckets, h.events, self.home.attributes(m)) for m, h in stored.items()
+        }
+        full = spec_from(histories, self.bucket_ms, tuple(job["windows_ms"]))
         job["progress"] = f"building samples from {len(histories)} machines"
-        data = samples(spec, histories, horizon)
-        train, test = time_split(data, horizon)
+        data = samples(full, histories, horizon)
+        train, test = time_split(data.times, horizon)
         positives = int(data.y[train].sum()), int(data.y[test].sum())
         if positives[0] < MIN_TRAIN_POSITIVES or positives[1] < MIN_HELD_OUT_POSITIVES:
             raise FleetTrainingError(
@@ -159,19 +201,30 @@ class Trainer:
                 f"held-out slice and {positives[1]} in it; at least {MIN_TRAIN_POSITIVES} and "
                 f"{MIN_HELD_OUT_POSITIVES} are needed"
             )
+        spec, threshold, gate = self._gate(job, full, data, train, horizon)
+        columns = spec.mask(full)
         job["progress"] = f"fitting on {int(train.sum())} samples, {positives[0]} positive"
-        threshold = fit_threshold(build_pipeline, data.X[train], data.y[train])
-        pipeline = build_pipeline().fit(data.X[train], data.y[train])
-        candidate_scores = pipeline.predict_proba(data.X[test])[:, 1]
-        candidate = quality(data.y[test], candidate_scores, threshold)
+        pipeline = _fit(spec, data.X[train][:, columns], data.y[train])
+        held_out = pipeline.predict_proba(data.X[test][:, columns])[:, 1]
+        candidate = quality(data.y[test], held_out, threshold)
+        grouped = self._grouped(job, spec, data, columns, threshold)
         job["progress"] = "comparing with the active model"
         active = self.home.model(job["scope"]) or self.home.model(DEFAULT_SCOPE)
-        active_metrics = self._measure(active, data, test, stored) if active else None
+        split = "grouped" if grouped is not None else "time"
+        rows = grouped[1] if grouped is not None else test
+        mine = grouped[0] if grouped is not None else candidate
+        active_metrics = self._measure(active, data, rows, stored) if active else None
         better = active_metrics is None or (
-            candidate["average_precision"] >= active_metrics["average_precision"]
+            mine["average_precision"] >= active_metrics["average_precision"]
         )
         promote = job["force"] or better
         version, created = new_version(job["scope"].replace(":", "-"))
+        metrics = {
+            "held_out": candidate,
+            "grouped": None if grouped is None else grouped[0],
+            "gate": {"split": split, "candidates": gate},
+            "train_positives": positives[0],
+        }
         manifest = {
             "version": version,
             "scope": job["scope"],
@@ -186,23 +239,100 @@ class Trainer:
                 "label_horizon_ms": horizon,
                 "held_out_from_ms": int(data.times[test].min()),
             },
-            "metrics": {"held_out": candidate, "train_positives": positives[0]},
+            "metrics": metrics,
             "threshold": threshold,
             "created_at": created,
         }
         job["progress"] = "storing the candidate"
         self.home.keep(Predictor(pipeline, manifest), activate=promote)
+        where = "machines it never saw" if split == "grouped" else "the held-out slice"
         return {
             "progress": "done",
-            "candidate": {"version": version, "metrics": candidate},
+            "candidate": {
+                "version": version,
+                "metrics": candidate,
+                "grouped": metrics["grouped"],
+                "families": list(spec.families),
+                "shape": spec.shape,
+            },
             "active": None
             if active is None
-            else {"version": active.version, "metrics": active_metrics},
+            else {"version": active.version, "metrics": active_metrics, "split": split},
             "promoted": promote,
             "reason": "forced"
             if job["force"] and not better
-            else ("not worse on the held-out slice" if better else "worse on the held-out slice"),
+            else (f"not worse on {where}" if better else f"worse on {where}"),
         }
+
+    def _gate(
+        self,
+        job: dict[str, Any],
+        full: FleetSpec,
+        data: Samples,
+        train: np.ndarray,
+        horizon: int,
+    ) -> tuple[FleetSpec, float, list[dict[str, Any]]]:
+        """The feature families and shape that do best on the latest slice of the training
+        time (a forward selection, linear, then the chosen families with splines), and the
+        alert threshold from that slice's predictions."""
+        X, y, times = data.X[train], data.y[train], data.times[train]
+        fit_rows, check_rows = time_split(times, horizon)
+        if y[fit_rows].sum() < MIN_TRAIN_POSITIVES or y[check_rows].sum() < MIN_HELD_OUT_POSITIVES:
+            log.info("too few failures to choose features by a split: every family, splines")
+            everything = full.narrowed(FAMILIES, "spline")
+            return everything, fit_threshold(lambda: build_pipeline("spline"), X, y), []
+        tried: list[dict[str, Any]] = []
+        scores: dict[tuple[tuple[str, ...], str], np.ndarray] = {}
+
+        def score(families: tuple[str, ...], shape: str) -> float:
+            spec = full.narrowed(families, shape)
+            columns = spec.mask(full)
+            job["progress"] = f"choosing features: {'+'.join(spec.families)}, {shape}"
+            model = build_pipeline(shape).fit(X[fit_rows][:, columns], y[fit_rows])
+            p = model.predict_proba(X[check_rows][:, columns])[:, 1]
+            scores[(spec.families, shape)] = p
+            ap = float(average_precision_score(y[check_rows], p))
+            tried.append(
+                {"families": list(spec.families), "shape": shape, "average_precision": round(ap, 4)}
+            )
+            return ap
+
+        chosen: tuple[str, ...] = ("latest",)
+        best = score(chosen, "linear")
+        # a family with no columns here (no events, no attributes) is not tried
+        remaining = [f for f in FAMILIES[1:] if len(full.narrowed((f,), "linear").names)]
+        while remaining:
+            results = {f: score((*chosen, f), "linear") for f in remaining}
+            family = max(results, key=lambda f: results[f])
+            if results[family] < best + MIN_GAIN:
+                break
+            chosen, best = (*chosen, family), results[family]
+            remaining.remove(family)
+        shape = "spline" if score(chosen, "spline") >= best + MIN_GAIN else "linear"
+        spec = full.narrowed(chosen, shape)
+        threshold = best_threshold(y[check_rows], scores[(spec.families, shape)])
+        log.info("features chosen by the gate: %s, %s", "+".join(spec.families), shape)
+        return spec, threshold, tried
+
+    def _grouped(
+        self,
+        job: dict[str, Any],
+        spec: FleetSpec,
+        data: Samples,
+        columns: np.ndarray,
+        threshold: float,
+    ) -> tuple[dict[str, float], np.ndarray] | None:
+        """Quality on machines the model never saw (fitted on the others), and those rows;
+        None when the site has too few machines or failures for it."""
+        if len(set(data.machines.tolist())) < MIN_GROUPED_MACHINES:
+            return None
+        train, test = machine_split(data.machines)
+        if data.y[train].sum() < MIN_TRAIN_POSITIVES or data.y[test].sum() < MIN_HELD_OUT_POSITIVES:
+            return None
+        job["progress"] = "measuring on machines held out"
+        model = _fit(spec, data.X[train][:, columns], data.y[train])
+        p = model.predict_proba(data.X[test][:, columns])[:, 1]
+        return quality(data.y[test], p, threshold), test
 
     def _measure(
         self, model: Predictor, data: Samples, test: np.ndarray, stored: dict[str, Any]
@@ -211,11 +341,13 @@ class Trainer:
         y = data.y[test]
         if model.kind == "fleet":
             spec = FleetSpec.from_json(model.manifest["fleet"])
-            rows = []
-            for machine, t in zip(data.machines[test], data.times[test], strict=True):
+            X = np.empty((int(test.sum()), len(spec.names)))
+            machines, times = data.machines[test], data.times[test]
+            for machine in set(machines.tolist()):
                 h = stored[machine]
-                rows.append(features(spec, series(h.buckets, h.events), np.asarray([t]))[0])
-            X = np.asarray(rows)
+                history = series(h.buckets, h.events, self.home.attributes(machine))
+                mine = machines == machine
+                X[mine] = features(spec, history, times[mine])
         else:
             names = model.manifest["features"]
             rows, keep = [], []
@@ -224,7 +356,8 @@ class Trainer:
             ):
                 values = _latest_values(stored[machine], t, names[:5], self.bucket_ms)
                 if values is not None:
-                    rows.append(feature_row(values, self.home.machine_type(machine)))
+                    kind = self.home.attributes(machine).get("type")
+                    rows.append(feature_row(values, kind if isinstance(kind, str) else None))
                     keep.append(i)
             if not rows or len(set(y[keep])) < 2:
                 return None
@@ -233,6 +366,14 @@ class Trainer:
             return None
         scores, _ = model.score(X)
         return quality(y, scores, model.threshold)
+
+
+def _fit(spec: FleetSpec, X: np.ndarray, y: np.ndarray) -> Pipeline:
+    """The model on `X`, and on `X` again with a signal blanked in each row (`blank_signals`)."""
+    blanked = blank_signals(spec, X)
+    return build_pipeline(spec.shape).fit(
+        np.vstack([X, blanked]), np.concatenate([y, y[: len(blanked)]])
+    )
 
 
 def _latest_values(

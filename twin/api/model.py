@@ -32,4 +32,6 @@ def list_models(scorer: ScorerDep, registry: RegistryDep, trainer: TrainerDep) -
 )
 def train(trainer: TrainerDep, request: TrainRequest) -> dict[str, Any]:
     """Progress and the result (new metrics next to the active model's) show on `GET /model`."""
-    return trainer.start(request.site, parse_duration(request.label_horizon), request.force)
+    return trainer.start(
+        request.site, parse_duration(request.label_horizon), request.force, request.windows_ms
+    )

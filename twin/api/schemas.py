@@ -54,6 +54,10 @@ class RiskPublic(BaseModel):
         description="each feature group's additive share of the logit against the training "
         "mean, largest magnitude first"
     )
+    imputed: list[str] = Field(
+        default_factory=list,
+        description="the site model's signals this machine did not send lately: imputed",
+    )
 
 
 class AlertPublic(BaseModel):
@@ -224,8 +228,28 @@ class TrainRequest(RequestModel):
         description="a failure within this long after a sample labels it (s/m/h/d)",
     )
     force: bool = Field(default=False, description="promote even if worse than the active model")
+    windows: list[str] = Field(
+        default=["3h", "24h"],
+        min_length=1,
+        max_length=4,
+        description="the windows of event time window and event features cover (s/m/h/d); "
+        "none longer than TWIN_FEATURE_WINDOW_S",
+    )
 
     _label_horizon = field_validator("label_horizon")(_duration)
+
+    @field_validator("windows")
+    @classmethod
+    def _windows(cls, value: list[str]) -> list[str]:
+        for window in value:
+            _duration(window)
+        if len({parse_duration(w) for w in value}) < len(value):
+            raise ValueError("windows must differ")
+        return value
+
+    @property
+    def windows_ms(self) -> tuple[int, ...]:
+        return tuple(sorted(parse_duration(w) for w in self.windows))
 
 
 class TrainingJobPublic(BaseModel):
@@ -235,6 +259,7 @@ class TrainingJobPublic(BaseModel):
     scope: str
     site: str | None
     label_horizon_ms: int
+    windows_ms: list[int] = []
     force: bool
     started_at: int
     finished_at: int | None = None

@@ -98,6 +98,7 @@ from twin.durations import parse_duration
 from twin.errors import Conflict, NotFound
 from twin.messages import Reason
 from twin.metrics import single
+from twin.model.fleet import Attributes, attributes_of
 from twin.model.registry import DEFAULT_SCOPE, Registry
 from twin.planning.ledger import DEFAULT_MAX_RISK, healthy_by_site
 from twin.state import SortKey
@@ -132,7 +133,10 @@ class ClusterView:
         )
         self.models = SharedModels(Registry(settings.models_dir))
         self.training = ClusterTraining(
-            self.models, self.machine_type, settings.history_bucket_s * 1000
+            self.models,
+            self.attributes,
+            settings.history_bucket_s * 1000,
+            settings.feature_window_s * 1000,
         )
         self.ledger = ClusterLedger(self.hub)
         self._allocations: Mirror | None = None
@@ -416,9 +420,9 @@ class ClusterView:
         threshold: float = (await self.models.manifest(version))["threshold"]
         return threshold
 
-    def machine_type(self, machine: str) -> str | None:
-        twin = self.machines.get(machine)
-        return None if twin is None else twin.get("type")
+    def attributes(self, machine: str) -> Attributes:
+        twin = self.machines.get(machine) or {}
+        return attributes_of(twin.get("type"), twin.get("properties") or {})
 
     def machine_types(self) -> set[str]:
         return {t["type"] for t in list(self.machines.values()) if t.get("type")}
@@ -656,7 +660,9 @@ async def train(view: ViewDep, request: TrainRequest) -> Response:
     reaches every worker. One job at a time in the cluster; progress shows on `GET /model`
     of any instance."""
     horizon = parse_duration(request.label_horizon)
-    response = json_response(await view.training.begin(request.site, horizon, request.force))
+    response = json_response(
+        await view.training.begin(request.site, horizon, request.force, request.windows_ms)
+    )
     response.status_code = 202
     return response
 

@@ -35,6 +35,7 @@ from twin.cluster.layout import HISTORY_PREFIX, STREAM_HISTORY, TRAINING
 from twin.cluster.models import SharedModels, scope_key
 from twin.errors import Conflict
 from twin.history import HistoryStore, Records
+from twin.model.fleet import Attributes
 from twin.model.predictor import Predictor
 from twin.trainer import Trainer, TrainerBusy, job_for
 
@@ -111,11 +112,11 @@ class SharedHome:
     def __init__(
         self,
         models: SharedModels,
-        types: Callable[[str], str | None],
+        attributes: Callable[[str], Attributes],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.models = models
-        self._types = types
+        self._attributes = attributes
         self._loop = loop
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -128,18 +129,25 @@ class SharedHome:
     def keep(self, predictor: Predictor, activate: bool) -> None:
         self._call(self.models.publish(predictor, activate=activate))
 
-    def machine_type(self, machine: str) -> str | None:
-        return self._types(machine)
+    def attributes(self, machine: str) -> Attributes:
+        return self._attributes(machine)
 
 
 class ClusterTraining:
     """`POST /model/train` and the `training` of `GET /model`, on `twin api`."""
 
-    def __init__(self, models: SharedModels, types: Callable[[str], str | None], bucket_ms: int):
+    def __init__(
+        self,
+        models: SharedModels,
+        attributes: Callable[[str], Attributes],
+        bucket_ms: int,
+        max_window_ms: int,
+    ):
         self.history = HistoryCopy()
         self._models = models
-        self._types = types
+        self._attributes = attributes
         self._bucket_ms = bucket_ms
+        self._max_window_ms = max_window_ms
         self._kv: KeyValue | None = None
         self._trainer: Trainer | None = None
         self._reporting: set[asyncio.Task[None]] = set()
@@ -147,8 +155,8 @@ class ClusterTraining:
     async def start(self, nc: NATS) -> None:
         await self.history.start(nc)
         self._kv = await nc.jetstream().key_value(TRAINING)
-        home = SharedHome(self._models, self._types, asyncio.get_running_loop())
-        self._trainer = Trainer(self.history.store, home, self._bucket_ms)
+        home = SharedHome(self._models, self._attributes, asyncio.get_running_loop())
+        self._trainer = Trainer(self.history.store, home, self._bucket_ms, self._max_window_ms)
 
     async def stop(self) -> None:
         for task in list(self._reporting):
@@ -181,15 +189,17 @@ class ClusterTraining:
             }
         return record
 
-    async def begin(self, site: str | None, horizon_ms: int, force: bool) -> dict[str, Any]:
+    async def begin(
+        self, site: str | None, horizon_ms: int, force: bool, windows_ms: tuple[int, ...]
+    ) -> dict[str, Any]:
         """Check the request can train here and now, claim the cluster's job, start it."""
         kv, trainer = self._ready()
         self.history.ready()
-        await asyncio.to_thread(trainer.check, site)
+        await asyncio.to_thread(trainer.check, site, windows_ms)
         record, revision = await self._record()
         if record is not None and record["state"] == "running" and not _stale(record):
             raise TrainerBusy("a training job is already running")
-        job = job_for(site, horizon_ms, force)
+        job = job_for(site, horizon_ms, force, windows_ms)
         try:
             if revision:
                 await kv.update(JOB_KEY, _encode(job), last=revision)

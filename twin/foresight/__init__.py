@@ -61,9 +61,9 @@ class Foresight:
         if model is None:
             raise InvalidRequest(f"{machine} cannot be scored: no active model")
         # A 422 naming the missing signals, before any projection: the row is enough to know.
-        row, reason = model_row(model, snap.values, snap.type, snap.history, snap.latest_ts)
-        if row is None:
-            raise InvalidRequest(f"{machine} cannot be scored: {reason}")
+        row = model_row(model, snap.values, snap.attributes, snap.history, snap.latest_ts)
+        if row.values is None:
+            raise InvalidRequest(f"{machine} cannot be scored: {row.reason}")
         serviced = snap.last_events.get("maintenance")
         changed = serviced and serviced["code"] == TOOL_CHANGE and serviced["ts"] > snap.latest_ts
         if changed and WEAR in snap.values:

@@ -71,9 +71,9 @@ class _Risk:
         self.names = names
         self.snap = snap
         if model.kind == "fleet":
-            row, _ = model_row(model, snap.values, snap.type, snap.history, snap.latest_ts)
-            assert row is not None  # scored already
-            self.base = np.asarray(row)
+            row = model_row(model, snap.values, snap.attributes, snap.history, snap.latest_ts)
+            assert row.values is not None  # scored already
+            self.base = np.asarray(row.values)
             spec_names = FleetSpec.from_json(model.manifest["fleet"]).names
             self.columns = [spec_names.index(n) for n in names]  # the latest values' features
 

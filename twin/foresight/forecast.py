@@ -41,6 +41,7 @@ from twin.messages import CANONICAL_SIGNALS
 from twin.model import Predictor, feature_matrix, missing_signals
 from twin.model.fleet import FleetSpec, features, series
 from twin.model.training import STRAIN
+from twin.risk import model_row
 from twin.state import MachineSnapshot
 
 POINTS = 64  # recent operating points the process model recurs, at most
@@ -285,10 +286,12 @@ def _site_path(
         ts = snap.latest_ts + minute * MINUTE_MS
         values = dict(zip(names, (level + slope * minute).tolist(), strict=True))
         history.add(ts, values, {k: (v, ts) for k, v in values.items()})
-    data = series(list(history.buckets), history.events())
+    data = series(list(history.buckets), history.events(), snap.attributes)
     at = snap.latest_ts + (times * MINUTE_MS).astype(np.int64)
     rows = features(spec, data, at)
-    rows[0] = features(spec, data, at[:1], dict(snap.values))[0]  # now: the live values
+    now = model_row(model, snap.values, snap.attributes, snap.history, snap.latest_ts)
+    assert now.values is not None  # scored already
+    rows[0] = now.values  # now: the live values
     return np.asarray(model.score(rows)[0])
 
 

@@ -60,7 +60,7 @@ def actions(model: Predictor) -> list[str]:
     known = [TOOL_CHANGE]
     if model.kind == "fleet":
         spec = FleetSpec.from_json(model.manifest["fleet"])
-        known += [c for c in spec.maintenance_codes if c != TOOL_CHANGE]
+        known += [c for kind, c in spec.events if kind == "maintenance" and c != TOOL_CHANGE]
     return known
 
 
@@ -99,10 +99,10 @@ def project(snap: MachineSnapshot, scenario: Scenario) -> MachineSnapshot:
 
 def score(model: Predictor, snap: MachineSnapshot) -> Scored:
     """The model's risk for the snapshot; a 422 when the model cannot score it."""
-    row, reason = model_row(model, snap.values, snap.type, snap.history, snap.latest_ts)
-    if row is None:
-        raise InvalidRequest(f"{snap.machine} cannot be scored: {reason}")
-    probabilities, shares = model.score(np.asarray([row]))
+    row = model_row(model, snap.values, snap.attributes, snap.history, snap.latest_ts)
+    if row.values is None:
+        raise InvalidRequest(f"{snap.machine} cannot be scored: {row.reason}")
+    probabilities, shares = model.score(np.asarray([row.values]))
     return Scored(
         float(probabilities[0]),
         model.threshold,

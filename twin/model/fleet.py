@@ -1,33 +1,60 @@
 """Fleet models: trained on the twin's own history, on whatever numeric signals machines send.
 
-A sample is one machine at the end of one history bucket. Its features: each signal's latest
-value, its mean and standard deviation over each window (default 3 h and 24 h of event time),
-the count of `error` events by code over the longest window, and the hours since the last
-`maintenance` event by code. Its label: a `failure` event of that machine within the horizon
-after the sample. The same function computes features for training and for live scoring.
+A sample is one machine at the end of one history bucket. Its label: a `failure` event of that
+machine within the horizon after the sample. Its features come in four families, and training
+keeps the ones its time-split gate shows help (`twin.trainer`):
+
+- `latest`: each signal's latest value, and `<signal>_missing`, 1 when the machine has not sent
+  the signal within the shortest window (the value is then imputed, and the model has learned
+  from training rows with that signal blanked what its absence means);
+- `windows`: per signal and window (default 3 h and 24 h of event time), the mean and standard
+  deviation of its readings, the min and max of its bucket means, the slope of those means per
+  hour, and `n`, how many buckets held the signal (how much the window saw);
+- `events`: per event type and code seen (failure, maintenance, error), the count in each
+  window and the hours since the last one;
+- `attributes`: what the machine's status says of it: its `type` (one column per type seen)
+  and its numeric properties (those most machines send, e.g. `age_years`).
+
+The same function computes features for training and for live scoring.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import SplineTransformer, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, SplineTransformer, StandardScaler
 
 from twin.errors import InvalidRequest
 
 HOUR_MS = 3_600_000
-WINDOWS_H = (3, 24)
-FEATURE_WINDOW_MS = max(WINDOWS_H) * HOUR_MS
-_NEVER_H = 30 * 24.0  # "hours since" for a maintenance never seen: a month, the cap
+DEFAULT_WINDOWS_MS = (3 * HOUR_MS, 24 * HOUR_MS)
+EVENT_TYPES = ("failure", "maintenance", "error")  # the device events features count
+FAMILIES = ("latest", "windows", "events", "attributes")
+WINDOW_STATS = ("mean", "std", "min", "max", "slope", "n")
+SHAPES = ("linear", "spline")
+_NEVER_H = 30 * 24.0  # "hours since" an event never seen: a month, the cap
+
+Attributes = dict[str, float | str]  # a machine's `type` and numeric status properties
 
 
 class FleetTrainingError(InvalidRequest):
     """History that cannot train a model (too short, too few failures)."""
+
+
+def window_label(ms: int) -> str:
+    """`3h`, `30m`, `7d`: how feature names spell a window."""
+    if ms % (24 * HOUR_MS) == 0 and ms >= 24 * HOUR_MS * 2:
+        return f"{ms // (24 * HOUR_MS)}d"
+    if ms % HOUR_MS == 0:
+        return f"{ms // HOUR_MS}h"
+    return f"{ms // 60_000}m" if ms % 60_000 == 0 else f"{ms // 1000}s"
 
 
 @dataclass(frozen=True)
@@ -35,36 +62,79 @@ class FleetSpec:
     """What a fleet model's features are made of (stored in its manifest)."""
 
     signals: tuple[str, ...]
-    error_codes: tuple[str, ...]
-    maintenance_codes: tuple[str, ...]
+    events: tuple[tuple[str, str], ...]  # (type, code)
+    types: tuple[str, ...]  # machine types, one column each
+    numeric: tuple[str, ...]  # numeric status properties
     bucket_ms: int
+    windows_ms: tuple[int, ...] = DEFAULT_WINDOWS_MS
+    families: tuple[str, ...] = FAMILIES
+    shape: str = "spline"
+
+    @property
+    def stale_ms(self) -> int:
+        """A signal not sent for this long (the shortest window) counts as missing."""
+        return min(self.windows_ms)
+
+    def columns(self) -> list[tuple[str, str]]:
+        """(feature name, explanation group) of each column, in order."""
+        out: list[tuple[str, str]] = []
+        labels = [window_label(w) for w in self.windows_ms]
+        for s in self.signals:
+            if "latest" in self.families:
+                out += [(s, s), (f"{s}_missing", s)]
+            if "windows" in self.families:
+                out += [(f"{s}_{stat}_{w}", s) for w in labels for stat in WINDOW_STATS]
+        if "events" in self.families:
+            for kind, code in self.events:
+                group = f"{kind}_{code}"
+                out += [(f"{group}_count_{w}", group) for w in labels]
+                out.append((f"hours_since_{group}", group))
+        if "attributes" in self.families:
+            out += [(f"type_{t}", "type") for t in self.types]
+            out += [(name, name) for name in self.numeric]
+        return out
 
     @property
     def names(self) -> list[str]:
-        names = []
-        for s in self.signals:
-            names.append(s)
-            for w in WINDOWS_H:
-                names += [f"{s}_mean_{w}h", f"{s}_std_{w}h"]
-        names += [f"errors_{c}_{max(WINDOWS_H)}h" for c in self.error_codes]
-        names += [f"hours_since_{c}" for c in self.maintenance_codes]
-        return names
+        return [name for name, _ in self.columns()]
+
+    @property
+    def groups(self) -> list[str]:
+        return [group for _, group in self.columns()]
+
+    def narrowed(self, families: tuple[str, ...], shape: str) -> FleetSpec:
+        return dataclasses.replace(
+            self, families=tuple(f for f in FAMILIES if f in families), shape=shape
+        )
+
+    def mask(self, of: FleetSpec) -> np.ndarray:
+        """Which of `of`'s columns (a wider spec's) this spec's are."""
+        mine = set(self.names)
+        return np.asarray([name in mine for name in of.names])
 
     def to_json(self) -> dict[str, Any]:
         return {
             "signals": list(self.signals),
-            "error_codes": list(self.error_codes),
-            "maintenance_codes": list(self.maintenance_codes),
+            "events": [list(e) for e in self.events],
+            "types": list(self.types),
+            "numeric": list(self.numeric),
             "bucket_ms": self.bucket_ms,
+            "windows_ms": list(self.windows_ms),
+            "families": list(self.families),
+            "shape": self.shape,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FleetSpec:
         return cls(
             tuple(data["signals"]),
-            tuple(data["error_codes"]),
-            tuple(data["maintenance_codes"]),
+            tuple((kind, code) for kind, code in data["events"]),
+            tuple(data["types"]),
+            tuple(data["numeric"]),
             data["bucket_ms"],
+            tuple(data["windows_ms"]),
+            tuple(data["families"]),
+            data["shape"],
         )
 
 
@@ -75,10 +145,13 @@ class Series:
     starts: np.ndarray  # (B,) epoch ms
     signals: dict[str, np.ndarray]  # signal -> (B, 4): n, sum, sum of squares, last
     events: dict[tuple[str, str], np.ndarray]  # (type, code) -> sorted epoch ms
+    attributes: Attributes = field(default_factory=dict)
 
 
-def series(buckets: list[Any], events: list[tuple[int, str, str]]) -> Series:
-    """Arrays from `Bucket`s (oldest first) and (ts, type, code) events."""
+def series(
+    buckets: list[Any], events: list[tuple[int, str, str]], attributes: Attributes | None = None
+) -> Series:
+    """Arrays from `Bucket`s (oldest first), (ts, type, code) events and the attributes."""
     starts = np.asarray([b.start for b in buckets], dtype=np.int64)
     names = sorted({name for b in buckets for name in b.signals})
     signals = {}
@@ -92,14 +165,51 @@ def series(buckets: list[Any], events: list[tuple[int, str, str]]) -> Series:
         signals[name] = block
     by_kind: dict[tuple[str, str], list[int]] = {}
     for ts, etype, code in events:
-        by_kind.setdefault((etype, code), []).append(ts)
-    return Series(starts, signals, {k: np.sort(np.asarray(v)) for k, v in by_kind.items()})
+        if etype in EVENT_TYPES:
+            by_kind.setdefault((etype, code), []).append(ts)
+    return Series(
+        starts,
+        signals,
+        {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in by_kind.items()},
+        dict(attributes or {}),
+    )
+
+
+def attributes_of(machine_type: str | None, properties: Mapping[str, object]) -> Attributes:
+    """A machine's attributes as features see them: its type and its numeric properties."""
+    out: Attributes = {}
+    for key, value in properties.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
+            out[key] = float(value)
+    if machine_type:
+        out["type"] = machine_type
+    return out
+
+
+def _range_extreme(values: np.ndarray, first: np.ndarray, upto: np.ndarray, fn: Any) -> np.ndarray:
+    """`fn` (np.minimum or np.maximum) of `values[first:upto]` for each pair, by a sparse
+    table: O(B log B) to build, one vectorised lookup per window."""
+    table = [values]
+    span = 1
+    while 2 * span <= len(values):
+        prev = table[-1]
+        table.append(fn(prev[:-span], prev[span:]))
+        span *= 2
+    width = upto - first
+    out = np.full(len(first), np.nan)
+    ok = width > 0
+    level = np.floor(np.log2(np.maximum(width, 1))).astype(int)
+    for k in np.unique(level[ok]):
+        rows = ok & (level == k)
+        row = table[k]
+        out[rows] = fn(row[first[rows]], row[upto[rows] - (1 << k)])
+    return out
 
 
 def features(
-    spec: FleetSpec, data: Series, times: np.ndarray, last: dict[str, float] | None = None
+    spec: FleetSpec, data: Series, times: np.ndarray, last: Mapping[str, float] | None = None
 ) -> np.ndarray:
-    """Feature rows (len(times), len(spec.names)) from closed buckets starting before each time.
+    """Feature rows (len(times), len(spec.names)) from closed buckets ending by each time.
 
     `last` overrides the latest values (live scoring knows fresher ones than the last bucket).
     """
@@ -107,46 +217,81 @@ def features(
     columns: list[np.ndarray] = []
     ends = data.starts + spec.bucket_ms
     upto = np.searchsorted(ends, times, side="right")  # buckets closed by each time
+    firsts = [
+        np.minimum(np.searchsorted(data.starts, times - w, side="left"), upto)
+        for w in spec.windows_ms
+    ]
+    hours = (data.starts - (data.starts[0] if len(data.starts) else 0)) / HOUR_MS
+    nothing, zero = np.full(n_times, np.nan), np.zeros(n_times)
     for name in spec.signals:
         block = data.signals.get(name)
-        if block is None:
-            columns += [np.full(n_times, np.nan)] * (1 + 2 * len(WINDOWS_H))
+        if "latest" in spec.families:
+            latest = nothing
+            if last is not None and name in last:
+                latest = np.full(n_times, float(last[name]))
+            elif block is not None and len(block):
+                has = ~np.isnan(block[:, 3])
+                index = np.maximum.accumulate(np.where(has, np.arange(len(has)), -1))
+                pick = np.where(upto > 0, index[np.maximum(upto - 1, 0)], -1)
+                fresh = (pick >= 0) & (times - ends[np.maximum(pick, 0)] <= spec.stale_ms)
+                latest = np.where(fresh, block[np.maximum(pick, 0), 3], np.nan)
+            columns += [latest, np.isnan(latest).astype(float)]
+        if "windows" not in spec.families:
             continue
-        # Latest value: the last bucket up to each time that had the signal.
-        has = ~np.isnan(block[:, 3])
-        index = np.where(has, np.arange(len(has)), -1)
-        latest_index = np.maximum.accumulate(index) if len(index) else index
-        pick = np.where(upto > 0, latest_index[np.maximum(upto - 1, 0)] if len(index) else -1, -1)
-        latest = np.where(
-            pick >= 0, block[np.maximum(pick, 0), 3] if len(index) else np.nan, np.nan
+        if block is None:  # never sent: no statistics, and no buckets seen
+            columns += ([nothing] * (len(WINDOW_STATS) - 1) + [zero]) * len(spec.windows_ms)
+            continue
+        has = block[:, 0] > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(has, block[:, 1] / block[:, 0], 0.0)
+        t = np.where(has, hours, 0.0)
+        sums = np.vstack(
+            [
+                np.zeros(8),
+                np.cumsum(
+                    np.column_stack([block[:, :3], has, t, t * t, means, t * means]),
+                    axis=0,
+                ),
+            ]
         )
-        if last is not None and name in last:
-            latest = np.full(n_times, last[name])
-        columns.append(latest)
-        sums = np.vstack([np.zeros(3), np.cumsum(block[:, :3], axis=0)])
-        for hours in WINDOWS_H:
-            first = np.searchsorted(data.starts, times - hours * HOUR_MS, side="left")
-            first = np.minimum(first, upto)
-            n = sums[upto, 0] - sums[first, 0]
+        low = np.where(has, means, np.inf)
+        high = np.where(has, means, -np.inf)
+        for first in firsts:
+            s = sums[upto] - sums[first]
+            n, total, squares, k, st, stt, sm, stm = s.T
             with np.errstate(invalid="ignore", divide="ignore"):
-                mean = (sums[upto, 1] - sums[first, 1]) / n
-                var = (sums[upto, 2] - sums[first, 2]) / n - mean * mean
-            columns.append(np.where(n > 0, mean, np.nan))
-            columns.append(np.where(n > 0, np.sqrt(np.maximum(var, 0.0)), np.nan))
-    window = max(WINDOWS_H) * HOUR_MS
-    for code in spec.error_codes:
-        ts = data.events.get(("error", code), np.empty(0))
-        count = np.searchsorted(ts, times, side="right") - np.searchsorted(
-            ts, times - window, side="right"
-        )
-        columns.append(count.astype(float))
-    for code in spec.maintenance_codes:
-        ts = data.events.get(("maintenance", code), np.empty(0))
-        before = np.searchsorted(ts, times, side="right") - 1
-        since = np.where(
-            before >= 0, (times - ts[np.maximum(before, 0)] if len(ts) else 0) / HOUR_MS, _NEVER_H
-        )
-        columns.append(np.minimum(since, _NEVER_H))
+                mean = total / n
+                std = np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+                slope = (k * stm - st * sm) / (k * stt - st * st)
+            seen = n > 0
+            lo = _range_extreme(low, first, upto, np.minimum)
+            hi = _range_extreme(high, first, upto, np.maximum)
+            columns += [
+                np.where(seen, mean, np.nan),
+                np.where(seen, std, np.nan),
+                np.where(np.isfinite(lo), lo, np.nan),
+                np.where(np.isfinite(hi), hi, np.nan),
+                np.where((k >= 2) & np.isfinite(slope), slope, np.nan),
+                k,
+            ]
+    if "events" in spec.families:
+        for kind in spec.events:
+            ts = data.events.get(kind, np.empty(0, dtype=np.int64))
+            through = np.searchsorted(ts, times, side="right")
+            for w in spec.windows_ms:
+                before = np.searchsorted(ts, times - w, side="right")
+                columns.append((through - before).astype(float))
+            since = np.full(n_times, _NEVER_H)
+            if len(ts):
+                seen = through > 0
+                since[seen] = (times[seen] - ts[through[seen] - 1]) / HOUR_MS
+            columns.append(np.minimum(since, _NEVER_H))
+    if "attributes" in spec.families:
+        kind_of = data.attributes.get("type")
+        columns += [np.full(n_times, float(kind_of == t)) for t in spec.types]
+        for name in spec.numeric:
+            value = data.attributes.get(name)
+            columns.append(np.full(n_times, value if isinstance(value, float) else np.nan))
     return np.column_stack(columns) if columns else np.empty((n_times, 0))
 
 
@@ -160,30 +305,68 @@ def labels(data: Series, times: np.ndarray, horizon_ms: int) -> np.ndarray:
     return (until > after).astype(int)
 
 
-def spec_from(histories: dict[str, Series], bucket_ms: int) -> FleetSpec:
+def spec_from(
+    histories: dict[str, Series], bucket_ms: int, windows_ms: tuple[int, ...] = DEFAULT_WINDOWS_MS
+) -> FleetSpec:
+    """Every family, over what the histories hold: a numeric attribute counts when at least
+    half the machines send it."""
     signals = sorted({name for s in histories.values() for name in s.signals})
-    errors = sorted({code for s in histories.values() for (t, code) in s.events if t == "error"})
-    maint = sorted(
-        {code for s in histories.values() for (t, code) in s.events if t == "maintenance"}
+    events = sorted({kind for s in histories.values() for kind in s.events})
+    types = sorted(
+        {str(s.attributes["type"]) for s in histories.values() if "type" in s.attributes}
     )
-    return FleetSpec(tuple(signals), tuple(errors), tuple(maint), bucket_ms)
+    counts: dict[str, int] = {}
+    for s in histories.values():
+        for name, value in s.attributes.items():
+            if name != "type" and isinstance(value, float):
+                counts[name] = counts.get(name, 0) + 1
+    numeric = sorted(name for name, n in counts.items() if 2 * n >= len(histories))
+    return FleetSpec(
+        tuple(signals), tuple(events), tuple(types), tuple(numeric), bucket_ms, windows_ms
+    )
 
 
-def build_pipeline(C: float = 0.3) -> Pipeline:
-    """Median-impute, a spline shape per feature, scale, logistic regression."""
-    shape = Pipeline(
-        [
-            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-            ("shape", SplineTransformer(n_knots=5, degree=3, extrapolation="constant")),
-        ]
+def build_pipeline(shape: str = "spline", C: float = 0.3) -> Pipeline:
+    """Median-impute, a spline shape per feature (or the value itself), scale, logistic
+    regression."""
+    shaped: Any = (
+        SplineTransformer(n_knots=5, degree=3, extrapolation="constant")
+        if shape == "spline"
+        else FunctionTransformer(feature_names_out="one-to-one")
+    )
+    steps = Pipeline(
+        [("impute", SimpleImputer(strategy="median", keep_empty_features=True)), ("shape", shaped)]
     )
     return Pipeline(
         [
-            ("features", shape),
+            ("features", steps),
             ("scale", StandardScaler()),
             ("classify", LogisticRegression(C=C, max_iter=10_000)),
         ]
     )
+
+
+def blank_signals(spec: FleetSpec, X: np.ndarray, seed: int = 0) -> np.ndarray:
+    """`X` with, in each row, one signal gone as a dead sensor leaves it (no latest value, no
+    readings in any window): training sees these beside the full rows, so the model learns
+    what a missing signal means."""
+    if not spec.signals:
+        return X[:0]
+    columns: dict[str, list[int]] = {}
+    for i, (_, group) in enumerate(spec.columns()):
+        if group in spec.signals:
+            columns.setdefault(group, []).append(i)
+    names = spec.names
+    counts = {f"{s}_n_{window_label(w)}" for s in spec.signals for w in spec.windows_ms}
+    out = X.copy()
+    dropped = np.random.default_rng(seed).integers(0, len(spec.signals), len(X))
+    for j, signal in enumerate(spec.signals):
+        rows = np.flatnonzero(dropped == j)
+        for i in columns.get(signal, []):
+            name = names[i]
+            fill = 1.0 if name == f"{signal}_missing" else 0.0 if name in counts else np.nan
+            out[rows, i] = fill
+    return out
 
 
 @dataclass
@@ -222,10 +405,20 @@ def samples(spec: FleetSpec, histories: dict[str, Series], horizon_ms: int) -> S
 
 
 def time_split(
-    data: Samples, horizon_ms: int, holdout: float = 0.2
+    times: np.ndarray, horizon_ms: int, holdout: float = 0.2
 ) -> tuple[np.ndarray, np.ndarray]:
     """Masks: train (before the cut, less a horizon-wide gap so labels cannot leak) and held out."""
-    cut = np.quantile(data.times, 1 - holdout)
-    test = data.times >= cut
-    train = data.times < cut - horizon_ms
+    cut = np.quantile(times, 1 - holdout)
+    test = times >= cut
+    train = times < cut - horizon_ms
     return train, test
+
+
+def machine_split(machines: np.ndarray, holdout: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """Masks: the samples of most machines, and those of the others (about `holdout` of them,
+    every fifth in a seeded shuffle): how a model does on machines it never saw."""
+    names = np.unique(machines)
+    rng = np.random.default_rng(0)
+    held = set(rng.permutation(names)[: max(1, round(len(names) * holdout))].tolist())
+    test = np.isin(machines, list(held))
+    return ~test, test

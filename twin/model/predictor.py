@@ -20,6 +20,7 @@ from scipy.special import expit
 from sklearn.pipeline import Pipeline
 
 from twin.errors import ConfigError
+from twin.model.fleet import FleetSpec
 from twin.model.training import feature_groups
 
 MODEL_FILE = "model.joblib"
@@ -47,9 +48,9 @@ class Predictor:
         self._b = float(classify.intercept_[0] - np.dot(self._w, scale.mean_))
         self._mean = scale.mean_
         if manifest.get("kind") == "fleet":
-            names = manifest["features"]
+            spec = FleetSpec.from_json(manifest["fleet"])
             width = len(self._features.get_feature_names_out())
-            groups = [name for name in names for _ in range(width // len(names))]
+            groups = [g for g in spec.groups for _ in range(width // len(spec.names))]
         else:
             groups = feature_groups(pipeline)
         self.groups = tuple(dict.fromkeys(groups))
@@ -83,6 +84,11 @@ class Predictor:
             manifest = json.loads((directory / MANIFEST_FILE).read_text())
         except (OSError, ValueError) as exc:
             raise ModelMismatch(f"no readable manifest in {directory}: {exc}") from exc
+        if manifest.get("kind") == "fleet" and "families" not in manifest.get("fleet", {}):
+            raise ModelMismatch(
+                f"site model {manifest.get('version')} has the features of an earlier twin: "
+                "train it again (POST /model/train)"
+            )
         saved = manifest.get("sklearn_version")
         if saved != sklearn.__version__:
             raise ModelMismatch(
