@@ -8,6 +8,7 @@ import pytest
 from twin.history import Bucket, HistoryPolicy, LiveHistory
 from twin.model.fleet import (
     FleetSpec,
+    Samples,
     attributes_of,
     blank_signals,
     features,
@@ -15,6 +16,7 @@ from twin.model.fleet import (
     series,
     spec_from,
 )
+from twin.trainer import Trainer
 
 H = 3_600_000
 BUCKET = 600_000
@@ -158,3 +160,43 @@ def test_live_history_remembers_events_of_every_kind_and_reads_an_earlier_snapsh
     again = LiveHistory("m", "s", policy, Outbox())  # type: ignore[arg-type]
     again.load(history.dump())
     assert again.events() == history.events()
+
+
+def test_interactions_are_products_of_named_columns_and_survive_the_manifest() -> None:
+    buckets, events = _history(0)
+    data = series(buckets, events)
+    plain = spec_from({"m": data}, BUCKET).narrowed(("latest", "windows"), "linear")
+    crossed = plain.narrowed(plain.families, "linear", (("a", "b_mean_3h"), ("a", "b")))
+    assert FleetSpec.from_json(crossed.to_json()) == crossed
+    assert crossed.names[-2:] == ["a*b_mean_3h", "a*b"]
+    assert crossed.groups[-2:] == ["a*b", "a*b"]
+    full = spec_from({"m": data}, BUCKET)
+    assert (crossed.mask(full) == plain.mask(full)).all()
+    times = np.arange(4, 48) * H
+    base, rows = features(plain, data, times), features(crossed, data, times)
+    np.testing.assert_array_equal(rows[:, : len(plain.names)], base)
+    a, b, b3 = (plain.names.index(n) for n in ("a", "b", "b_mean_3h"))
+    np.testing.assert_array_equal(rows[:, -2], base[:, a] * base[:, b3])
+    np.testing.assert_array_equal(rows[:, -1], base[:, a] * base[:, b])
+
+
+def test_the_gate_keeps_an_interaction_only_where_it_helps() -> None:
+    """Failures where two signals matter only together (both high or both low): the product is
+    kept; failures driven by one signal alone: no product is."""
+    rng = np.random.default_rng(3)
+    full = FleetSpec(("a", "b"), (), (), (), BUCKET)
+    n = 6000
+    X = np.zeros((n, len(full.names)))
+    a, b = rng.uniform(0, 1, n), rng.uniform(0, 1, n)
+    X[:, full.names.index("a")], X[:, full.names.index("b")] = a, b
+    times = np.arange(n) * BUCKET
+    machines = np.asarray([f"m{i % 12}" for i in range(n)])
+    trainer = Trainer(None, None, BUCKET, 24 * H)  # type: ignore[arg-type]
+    for logit, kept in ((-3 + 12 * (a - 0.5) * (b - 0.5), True), (-5 + 4 * a, False)):
+        y = (rng.uniform(0, 1, n) < 1 / (1 + np.exp(-logit))).astype(int)
+        data = Samples(X, y, times, machines)
+        spec, _, tried = trainer._gate({}, full, data, np.ones(n, dtype=bool), BUCKET)
+        assert any(c["interactions"] for c in tried)
+        assert bool(spec.interactions) is kept, tried
+        if kept:
+            assert ("a", "b") in spec.interactions

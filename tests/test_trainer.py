@@ -104,7 +104,16 @@ def test_training_with_too_few_failures_is_refused_and_keeps_the_active_model(
 
 @pytest.mark.parametrize(
     "body",
-    [{"label_horizon": "soon"}, {"label_horizon": "0h"}, {"site": "a b"}, {"horizon": "24h"}],
+    [
+        {"label_horizon": "soon"},
+        {"label_horizon": "0h"},
+        {"site": "a b"},
+        {"horizon": "24h"},
+        {"windows": []},
+        {"windows": ["3h", "180m"]},
+        {"windows": ["3h", "often"]},
+        {"windows": ["1h", "2h", "3h", "4h", "5h"]},
+    ],
 )
 def test_bad_training_requests_are_422(client: TestClient, body: dict[str, Any]) -> None:
     assert client.post("/model/train", json=body, headers=TOKEN).status_code == 422
@@ -205,3 +214,15 @@ def test_failures_driven_by_errors_and_age_are_found_and_judged_on_new_machines(
     assert "error_E1_count_24h" in manifest["features"]
     e0 = _machine_once(client, "e0", lambda m: m["risk"] is not None)
     assert set(e0["risk"]["contributions"]) >= {"error_E1", "age_years"}
+
+
+def test_a_window_longer_than_the_history_twins_keep_is_refused(
+    twin: Twin, client: TestClient
+) -> None:
+    feed(twin, wear_history(machines=8, steps=900, seed=4))
+    body = {"site": "plant2", "label_horizon": "6h", "windows": ["3h", "7d"]}
+    response = client.post("/model/train", json=body, headers=TOKEN)
+    assert response.status_code == 422
+    assert response.json()["detail"] == (
+        "window 7d is longer than the history the twins keep (24h, TWIN_FEATURE_WINDOW_S)"
+    )

@@ -204,10 +204,14 @@ class Trainer:
         spec, threshold, gate = self._gate(job, full, data, train, horizon)
         columns = spec.mask(full)
         job["progress"] = f"fitting on {int(train.sum())} samples, {positives[0]} positive"
-        pipeline = _fit(spec, data.X[train][:, columns], data.y[train])
-        held_out = pipeline.predict_proba(data.X[test][:, columns])[:, 1]
+        measured = _fit(spec, data.X[train][:, columns], data.y[train])
+        held_out = measured.predict_proba(spec.interact(data.X[test][:, columns]))[:, 1]
         candidate = quality(data.y[test], held_out, threshold)
         grouped = self._grouped(job, spec, data, columns, threshold)
+        # Measured on rows its fit never saw; kept fitted on every row: the latest slice holds
+        # the failures of the longest-lived machines, which the model must not go without.
+        job["progress"] = f"fitting the model kept on all {len(data.y)} samples"
+        pipeline = _fit(spec, data.X[:, columns], data.y)
         job["progress"] = "comparing with the active model"
         active = self.home.model(job["scope"]) or self.home.model(DEFAULT_SCOPE)
         split = "grouped" if grouped is not None else "time"
@@ -238,6 +242,7 @@ class Trainer:
                 "samples": len(data.y),
                 "label_horizon_ms": horizon,
                 "held_out_from_ms": int(data.times[test].min()),
+                "fitted_on": "every sample; the metrics are of fits without the rows held out",
             },
             "metrics": metrics,
             "threshold": threshold,
@@ -282,36 +287,55 @@ class Trainer:
             everything = full.narrowed(FAMILIES, "spline")
             return everything, fit_threshold(lambda: build_pipeline("spline"), X, y), []
         tried: list[dict[str, Any]] = []
-        scores: dict[tuple[tuple[str, ...], str], np.ndarray] = {}
+        fitted: dict[FleetSpec, tuple[Pipeline, np.ndarray]] = {}
 
-        def score(families: tuple[str, ...], shape: str) -> float:
-            spec = full.narrowed(families, shape)
+        def score(spec: FleetSpec) -> float:
             columns = spec.mask(full)
-            job["progress"] = f"choosing features: {'+'.join(spec.families)}, {shape}"
-            model = build_pipeline(shape).fit(X[fit_rows][:, columns], y[fit_rows])
-            p = model.predict_proba(X[check_rows][:, columns])[:, 1]
-            scores[(spec.families, shape)] = p
+            named = "+".join(spec.families) + "".join(f", {a}*{b}" for a, b in spec.interactions)
+            job["progress"] = f"choosing features: {named}, {spec.shape}"
+            model = build_pipeline(spec.shape).fit(
+                spec.interact(X[fit_rows][:, columns]), y[fit_rows]
+            )
+            p = model.predict_proba(spec.interact(X[check_rows][:, columns]))[:, 1]
+            fitted[spec] = model, p
             ap = float(average_precision_score(y[check_rows], p))
             tried.append(
-                {"families": list(spec.families), "shape": shape, "average_precision": round(ap, 4)}
+                {
+                    "families": list(spec.families),
+                    "shape": spec.shape,
+                    "interactions": [f"{a}*{b}" for a, b in spec.interactions],
+                    "average_precision": round(ap, 4),
+                }
             )
             return ap
 
-        chosen: tuple[str, ...] = ("latest",)
-        best = score(chosen, "linear")
+        spec = full.narrowed(("latest",), "linear")
+        best = score(spec)
         # a family with no columns here (no events, no attributes) is not tried
         remaining = [f for f in FAMILIES[1:] if len(full.narrowed((f,), "linear").names)]
         while remaining:
-            results = {f: score((*chosen, f), "linear") for f in remaining}
+            options = {f: full.narrowed((*spec.families, f), "linear") for f in remaining}
+            results = {f: score(option) for f, option in options.items()}
             family = max(results, key=lambda f: results[f])
             if results[family] < best + MIN_GAIN:
                 break
-            chosen, best = (*chosen, family), results[family]
+            spec, best = options[family], results[family]
             remaining.remove(family)
-        shape = "spline" if score(chosen, "spline") >= best + MIN_GAIN else "linear"
-        spec = full.narrowed(chosen, shape)
-        threshold = best_threshold(y[check_rows], scores[(spec.families, shape)])
-        log.info("features chosen by the gate: %s, %s", "+".join(spec.families), shape)
+        splines = full.narrowed(spec.families, "spline")
+        if (ap := score(splines)) >= best + MIN_GAIN:
+            spec, best = splines, ap
+        pairs = _strongest_pairs(spec, fitted[spec][0])
+        if pairs:
+            crossed = full.narrowed(spec.families, spec.shape, pairs)
+            if (ap := score(crossed)) >= best + MIN_GAIN:
+                spec, best = crossed, ap
+        threshold = best_threshold(y[check_rows], fitted[spec][1])
+        log.info(
+            "features chosen by the gate: %s, %s, %d interactions",
+            "+".join(spec.families),
+            spec.shape,
+            len(spec.interactions),
+        )
         return spec, threshold, tried
 
     def _grouped(
@@ -331,7 +355,7 @@ class Trainer:
             return None
         job["progress"] = "measuring on machines held out"
         model = _fit(spec, data.X[train][:, columns], data.y[train])
-        p = model.predict_proba(data.X[test][:, columns])[:, 1]
+        p = model.predict_proba(spec.interact(data.X[test][:, columns]))[:, 1]
         return quality(data.y[test], p, threshold), test
 
     def _measure(
@@ -369,10 +393,28 @@ class Trainer:
 
 
 def _fit(spec: FleetSpec, X: np.ndarray, y: np.ndarray) -> Pipeline:
-    """The model on `X`, and on `X` again with a signal blanked in each row (`blank_signals`)."""
+    """The model on `X` (the families' columns), and on `X` again with a signal blanked in each
+    row (`blank_signals`), each with the interactions."""
     blanked = blank_signals(spec, X)
     return build_pipeline(spec.shape).fit(
-        np.vstack([X, blanked]), np.concatenate([y, y[: len(blanked)]])
+        spec.interact(np.vstack([X, blanked])), np.concatenate([y, y[: len(blanked)]])
+    )
+
+
+INTERACTING = 4  # the columns of largest weight whose pairwise products the gate tries
+
+
+def _strongest_pairs(spec: FleetSpec, model: Pipeline) -> tuple[tuple[str, str], ...]:
+    """The pairs, across explanation groups, of the `INTERACTING` columns that weigh most in
+    `model` (summed over a column's spline bases; the inputs are scaled, so weights compare)."""
+    columns = spec.base_columns()
+    weights = np.abs(model.named_steps["classify"].coef_[0]).reshape(len(columns), -1).sum(axis=1)
+    top = sorted(i for i in np.argsort(weights)[::-1][:INTERACTING].tolist() if weights[i] > 0)
+    return tuple(
+        (columns[i][0], columns[j][0])
+        for k, i in enumerate(top)
+        for j in top[k + 1 :]
+        if columns[i][1] != columns[j][1]
     )
 
 

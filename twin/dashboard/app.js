@@ -40,6 +40,7 @@ function renderFleet() {
       cell(twin.online === false ? "offline" : twin.online ? "online" : "?", twin.online === false ? "off" : ""));
     const riskTd = cell(risk === null ? (twin.risk_reason || "-") : pct(risk));
     if (risk !== null) { const bar = document.createElement("span"); bar.className = "bar"; bar.style.width = (risk * 60) + "px"; riskTd.prepend(bar, " "); }
+    if (risk !== null && twin.risk.imputed.length) { riskTd.append(" *"); riskTd.title = twin.risk_reason; }
     const trendTd = document.createElement("td");
     trendTd.appendChild(trendSvg(trends.get(twin.machine) || []));
     const count = [...alerts.values()].filter((a) => a.machine === twin.machine).length;
@@ -108,11 +109,17 @@ function renderDetail() {
     return tr;
   }));
   const contributions = twin.risk ? Object.entries(twin.risk.contributions) : [];
-  $("#contributions tbody").replaceChildren(...contributions.slice(0, 8).map(([name, value]) => {
+  const rows = contributions.slice(0, 8).map(([name, value]) => {
     const tr = document.createElement("tr");
     tr.append(cell(name), cell((value > 0 ? "+" : "") + value.toFixed(2)));
     return tr;
-  }));
+  });
+  if (twin.risk && twin.risk.imputed.length) {
+    const tr = document.createElement("tr");
+    tr.append(cell("imputed (not sent)", "sev-minor"), cell(twin.risk.imputed.join(", "), "sev-minor"));
+    rows.push(tr);
+  }
+  $("#contributions tbody").replaceChildren(...rows);
 }
 
 function upsertTwin(twin) {

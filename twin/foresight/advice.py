@@ -73,14 +73,16 @@ class _Risk:
         if model.kind == "fleet":
             row = model_row(model, snap.values, snap.attributes, snap.history, snap.latest_ts)
             assert row.values is not None  # scored already
-            self.base = np.asarray(row.values)
-            spec_names = FleetSpec.from_json(model.manifest["fleet"]).names
-            self.columns = [spec_names.index(n) for n in names]  # the latest values' features
+            self.spec = FleetSpec.from_json(model.manifest["fleet"])
+            base = [name for name, _ in self.spec.base_columns()]
+            self.base = np.asarray(row.values)[: len(base)]
+            self.columns = [base.index(n) for n in names]  # the latest values' features
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         if self.model.kind == "fleet":
             rows = np.tile(self.base, (len(X), 1))
             rows[:, self.columns] = X
+            rows = self.spec.interact(rows)
         else:
             values: dict[str, np.ndarray] = {
                 k: np.full(len(X), v) for k, v in self.snap.values.items()

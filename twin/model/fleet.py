@@ -15,7 +15,8 @@ keeps the ones its time-split gate shows help (`twin.trainer`):
 - `attributes`: what the machine's status says of it: its `type` (one column per type seen)
   and its numeric properties (those most machines send, e.g. `age_years`).
 
-The same function computes features for training and for live scoring.
+Beside them, `interactions`: products of two of the chosen columns, kept only where the gate
+shows they help. The same function computes features for training and for live scoring.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class FleetSpec:
     windows_ms: tuple[int, ...] = DEFAULT_WINDOWS_MS
     families: tuple[str, ...] = FAMILIES
     shape: str = "spline"
+    interactions: tuple[tuple[str, str], ...] = ()  # products of two base columns, by name
 
     @property
     def stale_ms(self) -> int:
@@ -76,7 +78,15 @@ class FleetSpec:
         return min(self.windows_ms)
 
     def columns(self) -> list[tuple[str, str]]:
-        """(feature name, explanation group) of each column, in order."""
+        """(feature name, explanation group) of each column, in order: the families' columns,
+        then the interactions."""
+        groups = dict(self.base_columns())
+        return self.base_columns() + [
+            (f"{a}*{b}", f"{groups[a]}*{groups[b]}") for a, b in self.interactions
+        ]
+
+    def base_columns(self) -> list[tuple[str, str]]:
+        """(feature name, explanation group) of the families' columns."""
         out: list[tuple[str, str]] = []
         labels = [window_label(w) for w in self.windows_ms]
         for s in self.signals:
@@ -102,15 +112,32 @@ class FleetSpec:
     def groups(self) -> list[str]:
         return [group for _, group in self.columns()]
 
-    def narrowed(self, families: tuple[str, ...], shape: str) -> FleetSpec:
+    def narrowed(
+        self,
+        families: tuple[str, ...],
+        shape: str,
+        interactions: tuple[tuple[str, str], ...] = (),
+    ) -> FleetSpec:
         return dataclasses.replace(
-            self, families=tuple(f for f in FAMILIES if f in families), shape=shape
+            self,
+            families=tuple(f for f in FAMILIES if f in families),
+            shape=shape,
+            interactions=interactions,
         )
 
     def mask(self, of: FleetSpec) -> np.ndarray:
-        """Which of `of`'s columns (a wider spec's) this spec's are."""
-        mine = set(self.names)
+        """Which of `of`'s columns (a wider spec's, with no interactions) are this spec's
+        families' columns."""
+        mine = {name for name, _ in self.base_columns()}
         return np.asarray([name in mine for name in of.names])
+
+    def interact(self, base: np.ndarray) -> np.ndarray:
+        """`base` (rows of the families' columns) with the interactions' products appended."""
+        if not self.interactions:
+            return base
+        index = {name: i for i, (name, _) in enumerate(self.base_columns())}
+        products = [base[:, index[a]] * base[:, index[b]] for a, b in self.interactions]
+        return np.column_stack([base, *products])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -122,6 +149,7 @@ class FleetSpec:
             "windows_ms": list(self.windows_ms),
             "families": list(self.families),
             "shape": self.shape,
+            "interactions": [list(pair) for pair in self.interactions],
         }
 
     @classmethod
@@ -135,6 +163,7 @@ class FleetSpec:
             tuple(data["windows_ms"]),
             tuple(data["families"]),
             data["shape"],
+            tuple((a, b) for a, b in data["interactions"]),
         )
 
 
@@ -154,15 +183,12 @@ def series(
     """Arrays from `Bucket`s (oldest first), (ts, type, code) events and the attributes."""
     starts = np.asarray([b.start for b in buckets], dtype=np.int64)
     names = sorted({name for b in buckets for name in b.signals})
-    signals = {}
-    for name in names:
-        block = np.full((len(buckets), 4), np.nan)
-        block[:, :3] = 0.0
-        for i, b in enumerate(buckets):
-            agg = b.signals.get(name)
-            if agg is not None:
-                block[i] = agg
-        signals[name] = block
+    signals = {
+        name: np.asarray([b.signals.get(name, _UNSENT) for b in buckets], dtype=float).reshape(
+            len(buckets), 4
+        )
+        for name in names
+    }
     by_kind: dict[tuple[str, str], list[int]] = {}
     for ts, etype, code in events:
         if etype in EVENT_TYPES:
@@ -173,6 +199,9 @@ def series(
         {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in by_kind.items()},
         dict(attributes or {}),
     )
+
+
+_UNSENT = (0.0, 0.0, 0.0, np.nan)  # a bucket's aggregate of a signal it did not hold
 
 
 def attributes_of(machine_type: str | None, properties: Mapping[str, object]) -> Attributes:
@@ -186,24 +215,93 @@ def attributes_of(machine_type: str | None, properties: Mapping[str, object]) ->
     return out
 
 
-def _range_extreme(values: np.ndarray, first: np.ndarray, upto: np.ndarray, fn: Any) -> np.ndarray:
-    """`fn` (np.minimum or np.maximum) of `values[first:upto]` for each pair, by a sparse
-    table: O(B log B) to build, one vectorised lookup per window."""
-    table = [values]
-    span = 1
-    while 2 * span <= len(values):
-        prev = table[-1]
-        table.append(fn(prev[:-span], prev[span:]))
-        span *= 2
-    width = upto - first
-    out = np.full(len(first), np.nan)
-    ok = width > 0
-    level = np.floor(np.log2(np.maximum(width, 1))).astype(int)
-    for k in np.unique(level[ok]):
-        rows = ok & (level == k)
-        row = table[k]
-        out[rows] = fn(row[first[rows]], row[upto[rows] - (1 << k)])
-    return out
+class _RangeExtreme:
+    """`fn` (np.minimum or np.maximum) of `values[:, first:upto]` along the buckets, for every
+    signal at once, by a sparse table: O(S B log B) to build, one lookup per level used."""
+
+    def __init__(self, values: np.ndarray, fn: Any) -> None:
+        self.fn = fn
+        self.table = [values]
+        span = 1
+        while 2 * span <= values.shape[1]:
+            prev = self.table[-1]
+            self.table.append(fn(prev[:, :-span], prev[:, span:]))
+            span *= 2
+
+    def __call__(self, first: np.ndarray, upto: np.ndarray) -> np.ndarray:
+        """(S, T): the extreme over each [first, upto), NaN where the range is empty."""
+        width = upto - first
+        out = np.full((self.table[0].shape[0], len(first)), np.nan)
+        ok = width > 0
+        level = np.floor(np.log2(np.maximum(width, 1))).astype(int)
+        for k in np.unique(level[ok]):
+            rows = ok & (level == k)
+            row = self.table[k]
+            out[:, rows] = self.fn(row[:, first[rows]], row[:, upto[rows] - (1 << k)])
+        return out
+
+
+def _signal_columns(
+    spec: FleetSpec, data: Series, times: np.ndarray, last: Mapping[str, float] | None
+) -> np.ndarray:
+    """(T, S, per-signal columns): each signal's latest-value and window columns, in
+    `FleetSpec.columns` order. A signal the series lacks reads as never sent."""
+    n_times, n_buckets = len(times), len(data.starts)
+    blocks = np.empty((len(spec.signals), n_buckets, 4))
+    for i, name in enumerate(spec.signals):
+        blocks[i] = data.signals.get(name, _UNSENT)
+    ends = data.starts + spec.bucket_ms
+    upto = np.searchsorted(ends, times, side="right")  # buckets closed by each time
+    out: list[np.ndarray] = []  # each (S, T)
+    if "latest" in spec.families:
+        latest = np.full((len(spec.signals), n_times), np.nan)
+        if n_buckets:
+            has = ~np.isnan(blocks[:, :, 3])
+            index = np.maximum.accumulate(np.where(has, np.arange(n_buckets), -1), axis=1)
+            pick = np.where(upto > 0, index[:, np.maximum(upto - 1, 0)], -1)
+            picked = np.maximum(pick, 0)
+            fresh = (pick >= 0) & (times - ends[picked] <= spec.stale_ms)
+            values = np.take_along_axis(blocks[:, :, 3], picked, axis=1)
+            latest = np.where(fresh, values, np.nan)
+        for i, name in enumerate(spec.signals):
+            if last is not None and name in last:
+                latest[i] = float(last[name])
+        out += [latest, np.isnan(latest).astype(float)]
+    if "windows" in spec.families:
+        has = blocks[:, :, 0] > 0
+        hours = (data.starts - (data.starts[0] if n_buckets else 0)) / HOUR_MS
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(has, blocks[:, :, 1] / blocks[:, :, 0], 0.0)
+        t = np.where(has, hours, 0.0)
+        stacked = np.stack(
+            [blocks[:, :, 0], blocks[:, :, 1], blocks[:, :, 2], has, t, t * t, means, t * means],
+            axis=2,
+        )
+        sums = np.concatenate(
+            [np.zeros((len(spec.signals), 1, 8)), np.cumsum(stacked, axis=1)], axis=1
+        )
+        low = _RangeExtreme(np.where(has, means, np.inf), np.minimum)
+        high = _RangeExtreme(np.where(has, means, -np.inf), np.maximum)
+        for w in spec.windows_ms:
+            first = np.minimum(np.searchsorted(data.starts, times - w, side="left"), upto)
+            n, total, squares, k, st, stt, sm, stm = np.moveaxis(
+                sums[:, upto] - sums[:, first], 2, 0
+            )
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = total / n
+                std = np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+                slope = (k * stm - st * sm) / (k * stt - st * st)
+            seen = n > 0
+            lo, hi = low(first, upto), high(first, upto)
+            out += [
+                np.where(seen, mean, np.nan),
+                np.where(seen, std, np.nan),
+                np.where(np.isfinite(lo), lo, np.nan),
+                np.where(np.isfinite(hi), hi, np.nan),
+                np.where((k >= 2) & np.isfinite(slope), slope, np.nan),
+                k,
+            ]
+    return np.stack(out, axis=2).transpose(1, 0, 2) if out else np.empty((n_times, 0, 0))
 
 
 def features(
@@ -215,84 +313,27 @@ def features(
     """
     n_times = len(times)
     columns: list[np.ndarray] = []
-    ends = data.starts + spec.bucket_ms
-    upto = np.searchsorted(ends, times, side="right")  # buckets closed by each time
-    firsts = [
-        np.minimum(np.searchsorted(data.starts, times - w, side="left"), upto)
-        for w in spec.windows_ms
-    ]
-    hours = (data.starts - (data.starts[0] if len(data.starts) else 0)) / HOUR_MS
-    nothing, zero = np.full(n_times, np.nan), np.zeros(n_times)
-    for name in spec.signals:
-        block = data.signals.get(name)
-        if "latest" in spec.families:
-            latest = nothing
-            if last is not None and name in last:
-                latest = np.full(n_times, float(last[name]))
-            elif block is not None and len(block):
-                has = ~np.isnan(block[:, 3])
-                index = np.maximum.accumulate(np.where(has, np.arange(len(has)), -1))
-                pick = np.where(upto > 0, index[np.maximum(upto - 1, 0)], -1)
-                fresh = (pick >= 0) & (times - ends[np.maximum(pick, 0)] <= spec.stale_ms)
-                latest = np.where(fresh, block[np.maximum(pick, 0), 3], np.nan)
-            columns += [latest, np.isnan(latest).astype(float)]
-        if "windows" not in spec.families:
-            continue
-        if block is None:  # never sent: no statistics, and no buckets seen
-            columns += ([nothing] * (len(WINDOW_STATS) - 1) + [zero]) * len(spec.windows_ms)
-            continue
-        has = block[:, 0] > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = np.where(has, block[:, 1] / block[:, 0], 0.0)
-        t = np.where(has, hours, 0.0)
-        sums = np.vstack(
-            [
-                np.zeros(8),
-                np.cumsum(
-                    np.column_stack([block[:, :3], has, t, t * t, means, t * means]),
-                    axis=0,
-                ),
-            ]
-        )
-        low = np.where(has, means, np.inf)
-        high = np.where(has, means, -np.inf)
-        for first in firsts:
-            s = sums[upto] - sums[first]
-            n, total, squares, k, st, stt, sm, stm = s.T
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean = total / n
-                std = np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
-                slope = (k * stm - st * sm) / (k * stt - st * st)
-            seen = n > 0
-            lo = _range_extreme(low, first, upto, np.minimum)
-            hi = _range_extreme(high, first, upto, np.maximum)
-            columns += [
-                np.where(seen, mean, np.nan),
-                np.where(seen, std, np.nan),
-                np.where(np.isfinite(lo), lo, np.nan),
-                np.where(np.isfinite(hi), hi, np.nan),
-                np.where((k >= 2) & np.isfinite(slope), slope, np.nan),
-                k,
-            ]
+    if spec.signals and ({"latest", "windows"} & set(spec.families)):
+        columns.append(_signal_columns(spec, data, times, last).reshape(n_times, -1))
     if "events" in spec.families:
         for kind in spec.events:
             ts = data.events.get(kind, np.empty(0, dtype=np.int64))
             through = np.searchsorted(ts, times, side="right")
             for w in spec.windows_ms:
                 before = np.searchsorted(ts, times - w, side="right")
-                columns.append((through - before).astype(float))
+                columns.append((through - before).astype(float)[:, None])
             since = np.full(n_times, _NEVER_H)
             if len(ts):
                 seen = through > 0
                 since[seen] = (times[seen] - ts[through[seen] - 1]) / HOUR_MS
-            columns.append(np.minimum(since, _NEVER_H))
+            columns.append(np.minimum(since, _NEVER_H)[:, None])
     if "attributes" in spec.families:
         kind_of = data.attributes.get("type")
-        columns += [np.full(n_times, float(kind_of == t)) for t in spec.types]
+        columns += [np.full((n_times, 1), float(kind_of == t)) for t in spec.types]
         for name in spec.numeric:
             value = data.attributes.get(name)
-            columns.append(np.full(n_times, value if isinstance(value, float) else np.nan))
-    return np.column_stack(columns) if columns else np.empty((n_times, 0))
+            columns.append(np.full((n_times, 1), value if isinstance(value, float) else np.nan))
+    return spec.interact(np.hstack(columns) if columns else np.empty((n_times, 0)))
 
 
 def labels(data: Series, times: np.ndarray, horizon_ms: int) -> np.ndarray:
@@ -347,16 +388,16 @@ def build_pipeline(shape: str = "spline", C: float = 0.3) -> Pipeline:
 
 
 def blank_signals(spec: FleetSpec, X: np.ndarray, seed: int = 0) -> np.ndarray:
-    """`X` with, in each row, one signal gone as a dead sensor leaves it (no latest value, no
-    readings in any window): training sees these beside the full rows, so the model learns
-    what a missing signal means."""
+    """`X` (rows of the families' columns) with, in each row, one signal gone as a dead sensor
+    leaves it (no latest value, no readings in any window): training sees these beside the
+    full rows, so the model learns what a missing signal means."""
     if not spec.signals:
         return X[:0]
     columns: dict[str, list[int]] = {}
-    for i, (_, group) in enumerate(spec.columns()):
+    for i, (_, group) in enumerate(spec.base_columns()):
         if group in spec.signals:
             columns.setdefault(group, []).append(i)
-    names = spec.names
+    names = [name for name, _ in spec.base_columns()]
     counts = {f"{s}_n_{window_label(w)}" for s in spec.signals for w in spec.windows_ms}
     out = X.copy()
     dropped = np.random.default_rng(seed).integers(0, len(spec.signals), len(X))

@@ -84,7 +84,7 @@ class Predictor:
             manifest = json.loads((directory / MANIFEST_FILE).read_text())
         except (OSError, ValueError) as exc:
             raise ModelMismatch(f"no readable manifest in {directory}: {exc}") from exc
-        if manifest.get("kind") == "fleet" and "families" not in manifest.get("fleet", {}):
+        if manifest.get("kind") == "fleet" and "interactions" not in manifest.get("fleet", {}):
             raise ModelMismatch(
                 f"site model {manifest.get('version')} has the features of an earlier twin: "
                 "train it again (POST /model/train)"
