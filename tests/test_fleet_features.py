@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from twin.history import Bucket, HistoryPolicy, LiveHistory
+from twin.history import MAX_RECENT_EVENTS, Bucket, HistoryPolicy, LiveHistory
+from twin.messages import DeviceEvent
 from twin.model.fleet import (
     FleetSpec,
     Samples,
@@ -200,3 +201,18 @@ def test_the_gate_keeps_an_interaction_only_where_it_helps() -> None:
         assert bool(spec.interactions) is kept, tried
         if kept:
             assert ("a", "b") in spec.interactions
+
+
+def test_a_flood_of_events_keeps_the_newest_within_the_window() -> None:
+    class Outbox:
+        def event(self, item: object) -> None:
+            pass
+
+    history = LiveHistory("m", "s", HistoryPolicy(BUCKET, 24 * H), Outbox())  # type: ignore[arg-type]
+    for i in range(MAX_RECENT_EVENTS + 500):
+        history.event(DeviceEvent(type="error", code="E9", ts=H + i))
+    assert len(history.recent) == MAX_RECENT_EVENTS
+    assert history.recent[0][0] == H + 500
+    history.event(DeviceEvent(type="maintenance", code="oil", ts=26 * H))  # a day later
+    assert [e[1:] for e in history.events()] == [("error", "E9"), ("maintenance", "oil")]
+    assert history.last[("error", "E9")] == H + MAX_RECENT_EVENTS + 499

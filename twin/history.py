@@ -53,6 +53,7 @@ class HistoryPolicy:
 
 
 MAX_EVENT_KINDS = 256  # (type, code) pairs a twin remembers the last event of, at most
+MAX_RECENT_EVENTS = 10_000  # events a twin keeps within the window, at most: the newest
 ClosedBucket = tuple[str, str, Bucket]  # machine, site, bucket
 StoredEvent = tuple[str, str, DeviceEvent]  # machine, site, event
 
@@ -197,7 +198,8 @@ class LiveHistory:
         if event.type in EVENT_TYPES:  # what site models' event features count
             bisect.insort(self.recent, (event.ts, event.type, event.code))
             horizon = self.recent[-1][0] - self._policy.window_ms
-            del self.recent[: bisect.bisect_left(self.recent, (horizon, "", ""))]
+            old = bisect.bisect_left(self.recent, (horizon, "", ""))
+            del self.recent[: max(old, len(self.recent) - MAX_RECENT_EVENTS)]
             kind = (event.type, event.code)
             if kind in self.last or len(self.last) < MAX_EVENT_KINDS:
                 self.last[kind] = max(event.ts, self.last.get(kind, 0))
