@@ -101,10 +101,13 @@ def test_nothing_is_reacted_to_or_acknowledged_before_its_commit_lands(tmp_path:
         # Decoding and applying run beside the commit: the live state has it...
         wait_until(lambda: pipeline.state.get("m1") is not None, 10, "the reading applied")
         time.sleep(0.1)
-        # ... but no reaction (scoring, alerts, publication) and no ack before it is durable.
+        # ... but no reaction (scoring, alerts, publication) and no ack before it is durable,
+        # and /health's lag still counts it.
         assert (reacted, acked, pipeline.journal.last_id) == ([], [], 0)
+        assert pipeline.status().lag == 1
         journal.land.set()
         wait_until(lambda: acked == ["token"], 10, "the ack")
+        assert pipeline.status().lag == 0
         assert pipeline.journal.last_id == 1
         wait_until(lambda: reacted == ["m1"], 10, "the reaction, once durable")
     finally:

@@ -133,6 +133,7 @@ class Pipeline:
         self._snapshot_id = 0
         self._last_snapshot = time.monotonic()
         self.committed = 0
+        self._committing = 0  # messages of the batch being committed
         self.replayed = 0
         self.last_commit_ms: int | None = None
         self.failure: str | None = None
@@ -144,7 +145,7 @@ class Pipeline:
 
     def status(self) -> JournalStatus:
         return JournalStatus(
-            lag=self.inbox.pending,
+            lag=self.inbox.pending + self._committing,
             committed=self.committed,
             replayed=self.replayed,
             rows=self.journal.rows,
@@ -255,6 +256,7 @@ class Pipeline:
         return [first, *self.inbox.take(_MAX_BATCH - 1)]
 
     def _commit(self, batch: list[tuple[RawMessage, AckToken]]) -> None:
+        self._committing = len(batch)  # taken from the inbox, not committed yet: lag too
         raws = [raw for raw, _ in batch]
         # SQLite releases the GIL while it writes, so the commit runs beside reacting to the
         # previous batch (durable) and then applying this one; the ack waits for the commit.
@@ -266,6 +268,7 @@ class Pipeline:
         if self.outbox.pending:  # buckets close rarely: no round trip for most batches
             self._writer.submit(self._write_history).result()
         self.committed += len(batch)
+        self._committing = 0
         self.last_commit_ms = int(time.time() * 1000)
         self.ack([token for _, token in batch])
 
