@@ -63,6 +63,7 @@ bench: $(BIN)/.installed services
 	$(BIN)/python -m bench.allocation
 	$(BIN)/python -m bench.cluster
 	$(BIN)/python -m bench.maintenance
+	$(BIN)/python -m bench.site_model
 
 clean:
 	rm -rf $(VENV) twin-data .pytest_cache .ruff_cache

@@ -410,22 +410,34 @@ def table(title: str, rows: list[tuple[str, str, str]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cmapss", type=Path, default=CMAPSS, help="folder of train_FD001.txt")
+    parser.add_argument(
+        "--cmapss", type=Path, help=f"folder of train_FD001.txt (default: {CMAPSS}, if there)"
+    )
     parser.add_argument("--windows", default="3h,24h,7d", help="C-MAPSS training windows")
-    parser.add_argument("--horizon-cycles", type=int, default=30)
+    parser.add_argument(
+        "--horizon-cycles", type=int, default=30, help="C-MAPSS label: fails within this many"
+    )
     parser.add_argument("--drop", default="s11", help="the sensor the second replay lacks")
     parser.add_argument("--machines", type=int, default=50, help="event-driven fleet size")
     parser.add_argument("--hours", type=int, default=24 * 60, help="its history, hours")
     parser.add_argument(
         "--scored-hours", type=int, default=24 * 20, help="the newer machines' last hours, live"
     )
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--skip", choices=["cmapss", "events", "ai4i"], nargs="*", default=[])
+    parser.add_argument("--seed", type=int, default=1, help="the event-driven fleet's")
+    parser.add_argument(
+        "--skip", choices=["cmapss", "events", "ai4i"], nargs="*", default=[], help="parts left out"
+    )
     args = parser.parse_args()
     if not 0 < args.scored_hours <= args.hours:
         parser.error("--scored-hours must be within --hours")
-    if "cmapss" not in args.skip and not (args.cmapss / "train_FD001.txt").exists():
-        parser.error(f"no C-MAPSS FD001 in {args.cmapss} (--cmapss DIR, or --skip cmapss)")
+    if args.cmapss is not None and not (args.cmapss / "train_FD001.txt").exists():
+        parser.error(f"no C-MAPSS FD001 in {args.cmapss}")
+    if args.cmapss is None and "cmapss" not in args.skip:
+        if (CMAPSS / "train_FD001.txt").exists():
+            args.cmapss = CMAPSS
+        else:
+            print(f"C-MAPSS FD001 is not in {CMAPSS}: skipped (--cmapss DIR names it)")
+            args.skip.append("cmapss")
     work = Path(tempfile.mkdtemp(prefix="bench-site-model-"))
     broker = Mosquitto()
     broker.start()
