@@ -33,7 +33,7 @@ from twin.model import (
     missing_signals,
     read_ai4i_csv,
 )
-from twin.model.fleet import Attributes, FleetSpec, attributes_of, features, series, window_label
+from twin.model.fleet import Attributes, attributes_of, features, series, window_label
 from twin.model.predictor import ranked
 from twin.state import FleetState, MachineTwin
 
@@ -103,13 +103,13 @@ def model_row(
     The default model needs all five canonical signals. A site model scores a machine that
     sent more than half of its signals within the shortest window; the others are imputed
     (`Row.imputed`)."""
-    if model.kind != "fleet":
+    spec = model.fleet
+    if spec is None:
         missing = missing_signals(live)
         if missing:
             return Row(None, f"missing signals: {', '.join(missing)}")
         kind = attributes.get("type")
         return Row(feature_row(live, kind if isinstance(kind, str) else None))
-    spec = FleetSpec.from_json(model.manifest["fleet"])
     seen = history.seen_since(ts - spec.stale_ms)
     fresh = {s: live[s] for s in spec.signals if s in live and s in seen}
     absent = tuple(s for s in spec.signals if s not in fresh)

@@ -363,8 +363,8 @@ class Trainer:
     ) -> dict[str, float] | None:
         """The active model's quality on the held-out samples it can score; None if none."""
         y = data.y[test]
-        if model.kind == "fleet":
-            spec = FleetSpec.from_json(model.manifest["fleet"])
+        spec = model.fleet
+        if spec is not None:
             X = np.empty((int(test.sum()), len(spec.names)))
             machines, times = data.machines[test], data.times[test]
             for machine in set(machines.tolist()):

@@ -26,7 +26,6 @@ from twin.config import read_toml
 from twin.errors import InvalidRequest
 from twin.foresight.scenario import Scenario, actions, project, score
 from twin.model import Predictor, feature_matrix
-from twin.model.fleet import FleetSpec
 from twin.risk import model_row
 from twin.state import MachineSnapshot
 
@@ -70,16 +69,16 @@ class _Risk:
         self.model = model
         self.names = names
         self.snap = snap
-        if model.kind == "fleet":
+        self.spec = model.fleet
+        if self.spec is not None:
             row = model_row(model, snap.values, snap.attributes, snap.history, snap.latest_ts)
             assert row.values is not None  # scored already
-            self.spec = FleetSpec.from_json(model.manifest["fleet"])
             base = [name for name, _ in self.spec.base_columns()]
             self.base = np.asarray(row.values)[: len(base)]
             self.columns = [base.index(n) for n in names]  # the latest values' features
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
-        if self.model.kind == "fleet":
+        if self.spec is not None:
             rows = np.tile(self.base, (len(X), 1))
             rows[:, self.columns] = X
             rows = self.spec.interact(rows)

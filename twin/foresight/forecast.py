@@ -39,7 +39,7 @@ from scipy.special import expit, logit
 from twin.foresight.scenario import MINUTE_MS, MINUTES_PER_PROCESS, WEAR
 from twin.messages import CANONICAL_SIGNALS
 from twin.model import Predictor, feature_matrix, missing_signals
-from twin.model.fleet import FleetSpec, features, series
+from twin.model.fleet import features, series
 from twin.model.training import STRAIN
 from twin.risk import model_row
 from twin.state import MachineSnapshot
@@ -280,7 +280,7 @@ def _site_path(
 ) -> np.ndarray:
     """A site model's probability at each step along one extrapolated path: readings once a
     minute fed to a fork of the twin's history, then its features at each step's time."""
-    spec = FleetSpec.from_json(model.manifest["fleet"])
+    assert model.fleet is not None  # a site model's path
     history = snap.history.fork()
     for minute in range(1, int(times[-1]) + 1):
         ts = snap.latest_ts + minute * MINUTE_MS
@@ -288,7 +288,7 @@ def _site_path(
         history.add(ts, values, {k: (v, ts) for k, v in values.items()})
     data = series(list(history.buckets), history.events(), snap.attributes)
     at = snap.latest_ts + (times * MINUTE_MS).astype(np.int64)
-    rows = features(spec, data, at)
+    rows = features(model.fleet, data, at)
     now = model_row(model, snap.values, snap.attributes, snap.history, snap.latest_ts)
     assert now.values is not None  # scored already
     rows[0] = now.values  # now: the live values

@@ -21,7 +21,6 @@ import numpy as np
 from twin.errors import InvalidRequest
 from twin.messages import DeviceEvent
 from twin.model import Predictor
-from twin.model.fleet import FleetSpec
 from twin.model.predictor import ranked
 from twin.risk import model_row
 from twin.state import MachineSnapshot
@@ -58,9 +57,9 @@ def actions(model: Predictor) -> list[str]:
     """The maintenance actions a scenario may apply for `model`: a tool change always, and
     every maintenance code a site model's features know."""
     known = [TOOL_CHANGE]
-    if model.kind == "fleet":
-        spec = FleetSpec.from_json(model.manifest["fleet"])
-        known += [c for kind, c in spec.events if kind == "maintenance" and c != TOOL_CHANGE]
+    if model.fleet is not None:
+        events = model.fleet.events
+        known += [c for kind, c in events if kind == "maintenance" and c != TOOL_CHANGE]
     return known
 
 

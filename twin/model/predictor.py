@@ -47,10 +47,11 @@ class Predictor:
         self._w = classify.coef_[0] / scale.scale_
         self._b = float(classify.intercept_[0] - np.dot(self._w, scale.mean_))
         self._mean = scale.mean_
-        if manifest.get("kind") == "fleet":
-            spec = FleetSpec.from_json(manifest["fleet"])
-            width = len(self._features.get_feature_names_out())
-            groups = [g for g in spec.groups for _ in range(width // len(spec.names))]
+        # A site model's features, read once: live scoring builds a row with them per machine.
+        self.fleet = FleetSpec.from_json(manifest["fleet"]) if self.kind == "fleet" else None
+        if self.fleet is not None:
+            width = len(self._features.get_feature_names_out()) // len(self.fleet.names)
+            groups = [g for g in self.fleet.groups for _ in range(width)]
         else:
             groups = feature_groups(pipeline)
         self.groups = tuple(dict.fromkeys(groups))
