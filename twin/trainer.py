@@ -24,7 +24,6 @@ from twin.errors import Conflict
 from twin.history import HistoryStore
 from twin.model import DEFAULT_SCOPE, Predictor, Registry, feature_row, fit_threshold
 from twin.model.fleet import (
-    DEFAULT_WINDOWS_MS,
     FAMILIES,
     Attributes,
     FleetSpec,
@@ -94,10 +93,7 @@ class LocalModels:
 
 
 def job_for(
-    site: str | None,
-    horizon_ms: int,
-    force: bool,
-    windows_ms: tuple[int, ...] = DEFAULT_WINDOWS_MS,
+    site: str | None, horizon_ms: int, force: bool, windows_ms: tuple[int, ...]
 ) -> dict[str, Any]:
     """A new job's record, as `GET /model` shows it."""
     now = int(time.time() * 1000)
@@ -128,17 +124,13 @@ class Trainer:
         self._lock = threading.Lock()
 
     def start(
-        self,
-        site: str | None,
-        horizon_ms: int,
-        force: bool,
-        windows_ms: tuple[int, ...] = DEFAULT_WINDOWS_MS,
+        self, site: str | None, horizon_ms: int, force: bool, windows_ms: tuple[int, ...]
     ) -> dict[str, Any]:
         """Check the request can train, then start the job; raise `FleetTrainingError` if not."""
         self.check(site, windows_ms)
         return self.run(job_for(site, horizon_ms, force, windows_ms))
 
-    def check(self, site: str | None, windows_ms: tuple[int, ...] = DEFAULT_WINDOWS_MS) -> None:
+    def check(self, site: str | None, windows_ms: tuple[int, ...]) -> None:
         """Raise `FleetTrainingError` unless the history holds enough failures to train on and
         the twins keep enough history in memory to compute the windows live."""
         longest = max(windows_ms)
@@ -277,9 +269,10 @@ class Trainer:
         train: np.ndarray,
         horizon: int,
     ) -> tuple[FleetSpec, float, list[dict[str, Any]]]:
-        """The feature families and shape that do best on the latest slice of the training
-        time (a forward selection, linear, then the chosen families with splines), and the
-        alert threshold from that slice's predictions."""
+        """The feature families, shape and interactions that do best on the latest slice of
+        the training time (a forward selection of families, linear; then the chosen ones with
+        splines; then with the strongest columns' products), each step kept only if it adds
+        `MIN_GAIN`; the alert threshold from that slice's predictions; every candidate tried."""
         X, y, times = data.X[train], data.y[train], data.times[train]
         fit_rows, check_rows = time_split(times, horizon)
         if y[fit_rows].sum() < MIN_TRAIN_POSITIVES or y[check_rows].sum() < MIN_HELD_OUT_POSITIVES:

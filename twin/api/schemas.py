@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from twin.durations import BadDuration, parse_duration
+from twin.model.fleet import DEFAULT_WINDOWS_MS, window_label
 
 
 class RequestModel(BaseModel):
@@ -229,7 +230,7 @@ class TrainRequest(RequestModel):
     )
     force: bool = Field(default=False, description="promote even if worse than the active model")
     windows: list[str] = Field(
-        default=["3h", "24h"],
+        default=[window_label(w) for w in DEFAULT_WINDOWS_MS],
         min_length=1,
         max_length=4,
         description="the windows of event time window and event features cover (s/m/h/d); "

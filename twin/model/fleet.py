@@ -39,7 +39,6 @@ DEFAULT_WINDOWS_MS = (3 * HOUR_MS, 24 * HOUR_MS)
 EVENT_TYPES = ("failure", "maintenance", "error")  # the device events features count
 FAMILIES = ("latest", "windows", "events", "attributes")
 WINDOW_STATS = ("mean", "std", "min", "max", "slope", "n")
-SHAPES = ("linear", "spline")
 _NEVER_H = 30 * 24.0  # "hours since" an event never seen: a month, the cap
 
 Attributes = dict[str, float | str]  # a machine's `type` and numeric status properties
@@ -80,10 +79,9 @@ class FleetSpec:
     def columns(self) -> list[tuple[str, str]]:
         """(feature name, explanation group) of each column, in order: the families' columns,
         then the interactions."""
-        groups = dict(self.base_columns())
-        return self.base_columns() + [
-            (f"{a}*{b}", f"{groups[a]}*{groups[b]}") for a, b in self.interactions
-        ]
+        base = self.base_columns()
+        groups = dict(base)
+        return base + [(f"{a}*{b}", f"{groups[a]}*{groups[b]}") for a, b in self.interactions]
 
     def base_columns(self) -> list[tuple[str, str]]:
         """(feature name, explanation group) of the families' columns."""
@@ -393,20 +391,13 @@ def blank_signals(spec: FleetSpec, X: np.ndarray, seed: int = 0) -> np.ndarray:
     full rows, so the model learns what a missing signal means."""
     if not spec.signals:
         return X[:0]
-    columns: dict[str, list[int]] = {}
-    for i, (_, group) in enumerate(spec.base_columns()):
-        if group in spec.signals:
-            columns.setdefault(group, []).append(i)
-    names = [name for name, _ in spec.base_columns()]
     counts = {f"{s}_n_{window_label(w)}" for s in spec.signals for w in spec.windows_ms}
     out = X.copy()
     dropped = np.random.default_rng(seed).integers(0, len(spec.signals), len(X))
-    for j, signal in enumerate(spec.signals):
-        rows = np.flatnonzero(dropped == j)
-        for i in columns.get(signal, []):
-            name = names[i]
-            fill = 1.0 if name == f"{signal}_missing" else 0.0 if name in counts else np.nan
-            out[rows, i] = fill
+    for i, (name, group) in enumerate(spec.base_columns()):
+        if group in spec.signals:
+            rows = np.flatnonzero(dropped == spec.signals.index(group))
+            out[rows, i] = 1.0 if name == f"{group}_missing" else 0.0 if name in counts else np.nan
     return out
 
 
