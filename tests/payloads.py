@@ -84,19 +84,18 @@ def wear_history(machines: int, steps: int, seed: int) -> list[tuple[str, bytes]
 
 
 HOUR_MS = 3_600_000
-ERROR_CODES = ("E1", "E2", "E3")  # E1 foretells failures; E2 and E3 are noise
 
 
 def event_history(machines: int, hours: int, seed: int) -> list[tuple[str, bytes]]:
     """Machines whose failures come from their error events and their age, not their sensors.
 
     Each machine has an age (`age_years` in its status's properties) and reads two noise sensors
-    every hour. It is calm or troubled (a Markov chain: about a day troubled every ten); while
-    troubled it raises `E1` errors at a high rate. Its hourly failure chance is
+    every hour. It is calm or troubled (a Markov chain: about ten hours troubled in every three
+    days); while troubled it raises `E1` errors at a high rate. Its hourly failure chance is
     logistic in the `E1` errors of its last 24 hours and its age; a failure is repaired at once
     and calms it. `E2` and `E3` errors come at random. So a model sees the failures coming only
     through the `E1` count and the age: `bench/site_model.py` gives a logistic regression exactly
-    those two (`event_features`) as the reference.
+    those two as the reference.
     """
     rng = random.Random(seed)
     start = (int(time.time() * 1000) // HOUR_MS - hours - 1) * HOUR_MS
