@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import tempfile
 import time
@@ -43,6 +44,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from bench.ingest import RANGES, _cpu_seconds
 from bench.model import quality_table
 from tests.payloads import HOUR_MS, event_history
 from tests.services import Mosquitto, TwinProcess, wait_until
@@ -155,6 +157,7 @@ def replay_live(
     site: str,
     rounds: list[Messages],
     expected: list[dict[str, int]],
+    poll_s: float = 0.05,
 ) -> dict[tuple[str, int], float | None]:
     """Send each round, wait until every machine it names has applied its reading of ts
     `expected[round][machine]` (its last message) and been scored after it; the live
@@ -169,7 +172,7 @@ def replay_live(
             machines = api.machines(site)
             for machine, ts in wanted.items():
                 m = machines.get(machine)
-                if m is None or max(v["ts"] for v in m["values"].values()) < ts:
+                if m is None or max((v["ts"] for v in m["values"].values()), default=0) < ts:
                     return False
                 if m["risk"] is None and m["risk_reason"] in (None, "not scored yet"):
                     return False
@@ -182,7 +185,11 @@ def replay_live(
                     reasons[m["risk_reason"].split(" (")[0]] += 1
             return True
 
-        wait_until(scored, 60, f"round {i} scored")
+        deadline = time.monotonic() + 60
+        while not scored():  # each poll reads the whole site: `poll_s` keeps it light
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"round {i} not scored after 60 s")
+            time.sleep(poll_s)
         if i % 20 == 0:
             rate = (i + 1) / (time.monotonic() - started)
             print(f"  scored {i + 1} of {len(rounds)} rounds ({rate:.1f}/s)", end="\r")
@@ -307,6 +314,79 @@ def cmapss(api: Api, publisher: Publisher, directory: Path, args: argparse.Names
     table("C-MAPSS FD001, test engines scored cycle by cycle", rows_out)
 
 
+def fleet_cost(
+    api: Api, publisher: Publisher, twin: TwinProcess, directory: Path, args: argparse.Namespace
+) -> None:
+    """What live scoring costs at a fleet's size: `--fleet` machines on the C-MAPSS site (each
+    with a week of hourly history, so every window is full) and as many on a site the default
+    AI4I model scores, side by side in one run: rounds of one reading per machine, each timed
+    until every machine is scored again, and the twin's CPU per machine scored."""
+    engines = np.loadtxt(directory / "train_FD001.txt")
+    runs = [engines[engines[:, 0] == u][:, 2:].tolist() for u in np.unique(engines[:, 0])]
+    week, rounds = 168, args.fleet_rounds
+    start = (int(time.time() * 1000) // HOUR_MS - week - rounds - 2) * HOUR_MS
+    rng = random.Random(args.seed)
+
+    def cmapss_values(m: int, hour: int) -> dict[str, float]:
+        run = runs[m % len(runs)]
+        return dict(zip(NAMES, run[hour % len(run)], strict=True))
+
+    def ai4i_values(m: int, hour: int) -> dict[str, float]:
+        return {n: round(rng.uniform(lo, hi), 1) for n, (lo, hi) in RANGES.items()}
+
+    results: dict[str, tuple[float, float]] = {}
+    print(f"live scoring at {args.fleet} machines, {rounds} rounds of a reading each")
+    for site, prefix, values, history_hours in (
+        ("cmapss", "f", cmapss_values, week),
+        ("ai4i", "a", ai4i_values, 0),  # the default model reads the latest values alone
+    ):
+        names = [f"{prefix}{m:05d}" for m in range(args.fleet)]
+        history: Messages = []
+        for m, machine in enumerate(names):
+            status = {"state": "online", "type": "M"}
+            history.append((f"factory/{site}/{machine}/status", msgspec.json.encode(status)))
+            batch = [
+                {"ts": start + h * HOUR_MS, "seq": h, "values": values(m, h)}
+                for h in range(history_hours)
+            ]
+            if batch:
+                topic = f"factory/{site}/{machine}/telemetry"
+                history.append((topic, msgspec.json.encode(batch)))
+        hours = range(week, week + rounds)
+        timed = [
+            [reading(n, site, start + h * HOUR_MS, h, values(m, h)) for m, n in enumerate(names)]
+            for h in hours
+        ]
+        expected = [dict.fromkeys(names, start + h * HOUR_MS) for h in hours]
+        publisher.send(history)
+        wait_until(api.applied(site, history), 300, f"the {site} fleet applied")
+        replay_live(api, publisher, site, timed[:1], expected[:1], 0.25)  # warm: rows built once
+        began, cpu = time.monotonic(), _cpu_seconds(twin.pid)
+        replay_live(api, publisher, site, timed[1:], expected[1:], 0.25)
+        results[site] = (
+            (time.monotonic() - began) / (rounds - 1),
+            (_cpu_seconds(twin.pid) - cpu) / (args.fleet * (rounds - 1)) * 1000,
+        )
+    (site_s, site_ms), (ai4i_s, ai4i_ms) = results["cmapss"], results["ai4i"]
+    table(
+        f"live scoring, {args.fleet} machines, a reading each a round (the twin's CPU covers "
+        "ingest, scoring and the API polled four times a second for the round's end)",
+        [
+            (
+                "site model (C-MAPSS: 24 signals, windows 3h/24h/7d)",
+                str(args.fleet),
+                f"{site_s:.2f} s a round, {site_ms:.2f} ms CPU a machine "
+                f"({site_s / ai4i_s:.2f}x and {site_ms / ai4i_ms:.2f}x the default's)",
+            ),
+            (
+                "default AI4I model (5 signals)",
+                str(args.fleet),
+                f"{ai4i_s:.2f} s a round, {ai4i_ms:.2f} ms CPU a machine",
+            ),
+        ],
+    )
+
+
 def events_fleet(api: Api, publisher: Publisher, args: argparse.Namespace) -> None:
     messages = event_history(args.machines, args.hours, args.seed)
     by_machine: dict[str, Messages] = defaultdict(list)
@@ -417,6 +497,10 @@ def main() -> None:
         "--horizon-cycles", type=int, default=30, help="C-MAPSS label: fails within this many"
     )
     parser.add_argument("--drop", default="s11", help="the sensor the second replay lacks")
+    parser.add_argument(
+        "--fleet", type=int, default=1000, help="machines of each model scored for the cost"
+    )
+    parser.add_argument("--fleet-rounds", type=int, default=6, help="their rounds, 1 warm-up")
     parser.add_argument("--machines", type=int, default=50, help="event-driven fleet size")
     parser.add_argument("--hours", type=int, default=24 * 60, help="its history, hours")
     parser.add_argument(
@@ -424,9 +508,17 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=1, help="the event-driven fleet's")
     parser.add_argument(
-        "--skip", choices=["cmapss", "events", "ai4i"], nargs="*", default=[], help="parts left out"
+        "--skip",
+        choices=["cmapss", "fleet", "events", "ai4i"],
+        nargs="*",
+        default=[],
+        help="parts left out",
     )
     args = parser.parse_args()
+    if "fleet" not in args.skip and "cmapss" in args.skip:
+        parser.error("the fleet cost scores with the C-MAPSS site model: skip fleet too")
+    if args.fleet_rounds < 2:
+        parser.error("--fleet-rounds must be at least 2 (the first warms up)")
     if not 0 < args.scored_hours <= args.hours:
         parser.error("--scored-hours must be within --hours")
     if args.cmapss is not None and not (args.cmapss / "train_FD001.txt").exists():
@@ -436,7 +528,7 @@ def main() -> None:
             args.cmapss = CMAPSS
         else:
             print(f"C-MAPSS FD001 is not in {CMAPSS}: skipped (--cmapss DIR names it)")
-            args.skip.append("cmapss")
+            args.skip += ["cmapss", "fleet"]
     work = Path(tempfile.mkdtemp(prefix="bench-site-model-"))
     broker = Mosquitto()
     broker.start()
@@ -456,6 +548,7 @@ def main() -> None:
         publisher = Publisher(broker.url)
         steps: list[tuple[str, Callable[[], None]]] = [
             ("cmapss", lambda: cmapss(api, publisher, args.cmapss, args)),
+            ("fleet", lambda: fleet_cost(api, publisher, twin, args.cmapss, args)),
             ("events", lambda: events_fleet(api, publisher, args)),
             ("ai4i", quality_table),
         ]
