@@ -15,8 +15,8 @@ from tests.conftest import TOKEN, feed_pipeline
 from tests.payloads import wear_history
 from tests.services import wait_until
 from twin.config import Settings
-from twin.foresight.forecast import _points, _process_paths
-from twin.model import feature_matrix
+from twin.foresight.forecast import NODE_WEIGHTS, _points, _process_paths, torque_nodes
+from twin.model import FEATURES, feature_matrix
 from twin.service import Twin
 
 MINUTE_MS = 60_000
@@ -193,11 +193,13 @@ def test_the_forecast_of_a_simulated_machine_crosses_before_its_tool_wear_failur
     assert warned >= 0.75 * len(fleet), f"warned before the failure for {warned}/{len(fleet)}"
 
 
-def test_the_process_model_paths_equal_scoring_every_step_and_point(
+def test_the_process_model_paths_equal_scoring_every_step_point_and_torque(
     twin: Twin, client: TestClient
 ) -> None:
-    """The fast path (each point scored once, the wear's groups moved along a grid) gives the
-    model's own probability for every (step, recent point) row."""
+    """The fast path (each point scored once, the wear's groups moved along a grid, the load's
+    torque integrated over the points' spread) gives the model's own probability for every
+    (step, recent point) row, averaged over the quadrature's torques in the load, from a fresh
+    tool's end of the step grid on."""
     rows = [
         ai4i(
             m,
@@ -216,15 +218,63 @@ def test_the_process_model_paths_equal_scoring_every_step_and_point(
     times = np.arange(0.0, 481.0, 10.0)
     found = [twin.foresight.machine(m) for m in ("A", "B")]
     model = found[0][0]
-    fast = _process_paths(model, [snap for _, snap in found], times)
-    for (_, snap), got in zip(found, fast, strict=True):
+    fast = _process_paths(model, [snap for _, snap in found], times, 10.0)
+    load = FEATURES.index("wear_torque_min_nm")
+    for (_, snap), (got, lead) in zip(found, fast, strict=True):
         points = _points(snap)
         n = len(points["tool_wear_min"])
-        columns = {k: np.tile(v, len(times)) for k, v in points.items()}
-        columns["tool_wear_min"] = np.repeat(snap.values["tool_wear_min"] + times, n)
-        want = model.score(feature_matrix(columns, snap.type))[0].reshape(len(times), n)
-        assert got.shape == (len(times), 20)
+        wear = snap.values["tool_wear_min"]
+        assert lead == wear // 10  # the tool's past, back to a fresh tool's end of the grid
+        steps = np.arange(-lead * 10.0, 481.0, 10.0)
+        assert (wear + steps >= 0).all()
+        assert wear + steps[0] < 10
+        nodes = torque_nodes(points["torque_nm"])
+        assert nodes.mean() == pytest.approx(49.0)  # the points: 30..68 Nm
+        k = len(nodes)
+        columns = {key: np.tile(np.repeat(v, k), len(steps)) for key, v in points.items()}
+        columns["tool_wear_min"] = np.repeat(wear + steps, n * k)
+        matrix = feature_matrix(columns, snap.type)
+        matrix[:, load] = columns["tool_wear_min"] * np.tile(nodes, n * len(steps))
+        each = model.score(matrix)[0].reshape(len(steps), n, k)
+        want = (each * NODE_WEIGHTS).sum(axis=2)
+        assert got.shape == (len(steps), 20)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-9)
+
+
+def test_a_fresh_tool_is_never_riskier_than_the_worn_one_it_replaces(
+    twin: Twin, client: TestClient
+) -> None:
+    """The chance per process is non-decreasing in the wear over the tool's whole life, so the
+    path after a tool change lies under the path left alone at every step. The bundled model
+    finds a fresh tool far safer than a 30-minute-old one and a 100-minute-old one safer
+    than that (spline wiggles); fitted along each path alone, the fresh tool's path read as
+    the riskier for its first hours. A tool changed at the reading's own time (a failure's
+    repair) counts as changed."""
+    worn = [
+        ai4i(m, i, BASE + i * MINUTE_MS, tool_wear_min=90 + i, torque_nm=30 + i)
+        for m in "LH"
+        for i in range(20)
+    ]
+    last = BASE + 19 * MINUTE_MS
+    failed = [
+        ai4i("R", 0, last, tool_wear_min=230.0, torque_nm=60.0),
+        ("factory/s1/R/event", {"type": "failure", "code": "OSF", "ts": last}),
+        ("factory/s1/R/event", {"type": "maintenance", "code": "tool_change", "ts": last}),
+    ]
+    feed_pipeline(twin, online("L", "L"), online("H", "H"), online("R", "L"), *worn, *failed)
+    for machine in "LHR":
+        risk(twin, machine, last)
+    found, skipped = twin.foresight.paths(["L", "H"], 480.0, 10.0, ["tool_change"])
+    assert not skipped
+    for _, base, after in found.values():
+        # Within 1%: the two paths read the curve fitted on grids a fraction of a step apart
+        # (wear 0, 10, ... and 9, 19, ...). Fitted along each path alone, the fresh tool's path
+        # lay 4% above the worn one's for half an hour here.
+        fresh = after["tool_change"]
+        assert (fresh.hazard <= base.hazard * 1.01).all()
+        assert (fresh.probability <= base.probability * 1.01).all()
+    _, repaired = twin.foresight.machine("R")
+    assert repaired.values["tool_wear_min"] == 0.0
 
 
 def test_a_machine_without_a_process_model_is_forecast_by_its_trend(

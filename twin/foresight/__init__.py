@@ -65,10 +65,11 @@ class Foresight:
         if row.values is None:
             raise InvalidRequest(f"{machine} cannot be scored: {row.reason}")
         serviced = snap.last_events.get("maintenance")
-        changed = serviced and serviced["code"] == TOOL_CHANGE and serviced["ts"] > snap.latest_ts
+        changed = serviced and serviced["code"] == TOOL_CHANGE and serviced["ts"] >= snap.latest_ts
         if changed and WEAR in snap.values:
-            # The tool was changed after the last reading (its history has the event already):
-            # the future starts from a new tool.
+            # The tool was changed at or after the last reading (its history has the event
+            # already; a failure's repair carries its reading's time): the future starts from
+            # a new tool.
             snap = dataclasses.replace(snap, values={**snap.values, WEAR: 0.0})
         return model, snap
 
