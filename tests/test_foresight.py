@@ -277,6 +277,27 @@ def test_a_fresh_tool_is_never_riskier_than_the_worn_one_it_replaces(
     assert repaired.values["tool_wear_min"] == 0.0
 
 
+def test_a_plan_reads_a_tool_younger_than_its_minimum_interval_as_new(
+    twin: Twin, client: TestClient
+) -> None:
+    """Below the minimum interval the paths a plan reads are flat at the risk of a tool that
+    age: the fresh tool's path and the worn one's meet there, and nothing below it is a reason
+    to change a tool. Above it the paths are the forecast's own."""
+    worn = [ai4i("L", i, BASE + i * MINUTE_MS, tool_wear_min=71 + i) for i in range(20)]
+    feed_pipeline(twin, online("L", "L"), *worn)
+    risk(twin, "L", BASE + 19 * MINUTE_MS)  # worn 90 minutes
+    plain, _ = twin.foresight.paths(["L"], 480.0, 10.0, ["tool_change"])
+    found, _ = twin.foresight.paths(["L"], 480.0, 10.0, ["tool_change"], 120.0)
+    _, base, after = found["L"]
+    fresh = after["tool_change"].hazard
+    aged = base.hazard[3]  # worn 120 minutes
+    np.testing.assert_allclose(base.hazard[:4], aged, rtol=1e-12)
+    np.testing.assert_allclose(fresh[:13], aged, rtol=1e-12)  # a fresh tool, to 120 minutes
+    _, alone, _ = plain["L"]
+    np.testing.assert_allclose(base.hazard[11:], alone.hazard[11:], rtol=1e-9)  # from 200 min
+    assert alone.hazard[0] != aged  # the forecast itself is not flattened
+
+
 def test_a_machine_without_a_process_model_is_forecast_by_its_trend(
     twin: Twin, client: TestClient
 ) -> None:

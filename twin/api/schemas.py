@@ -515,7 +515,8 @@ class MaintenancePlanRequest(RequestModel):
         default=120,
         ge=0,
         le=7 * 24 * 60,
-        description="operation between two services of a machine, at least",
+        description="operation between two services of a machine, at least; a tool younger "
+        "than this counts as new (its risk is read at this age)",
     )
     baseline_interval_min: float = Field(
         default=200, gt=0, description="the fixed-interval baseline's service interval"

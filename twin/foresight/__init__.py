@@ -85,12 +85,18 @@ class Foresight:
         return forecast(model, snap, horizon_min, step_min, window_min)
 
     def paths(
-        self, machines: list[str], horizon_min: float, step_min: float, actions: list[str]
+        self,
+        machines: list[str],
+        horizon_min: float,
+        step_min: float,
+        actions: list[str],
+        new_until_min: float = 0.0,
     ) -> tuple[
         dict[str, tuple[MachineSnapshot, Trajectory, dict[str, Trajectory]]], dict[str, str]
     ]:
         """Per machine: its snapshot, its path if left alone, and after each action done now
-        (for planning), scored together per model; and the machines left out, with why."""
+        (for planning), scored together per model; and the machines left out, with why. A tool
+        younger than `new_until_min` counts as new (see `trajectories`)."""
         found: dict[str, tuple[Predictor, MachineSnapshot]] = {}
         skipped: dict[str, str] = {}
         for machine in machines:
@@ -110,7 +116,9 @@ class Foresight:
             model = found[names[0]][0]
             snaps = [found[m][1] for m in names]
             scenarios = [project(s, Scenario(events=[a])) for s in snaps for a in actions]
-            paths = trajectories(model, snaps + scenarios, horizon_min, step_min)
+            paths = trajectories(
+                model, snaps + scenarios, horizon_min, step_min, new_until_min=new_until_min
+            )
             for i, machine in enumerate(names):
                 after = paths[len(names) + i * len(actions) : len(names) + (i + 1) * len(actions)]
                 out[machine] = (snaps[i], paths[i], dict(zip(actions, after, strict=True)))
@@ -167,7 +175,11 @@ def plan_maintenance(foresight: Foresight, request: PlanRequest) -> dict[str, An
         names = [t.machine for t in fleet if request.site is None or t.site == request.site]
     slots = round(request.horizon_min / request.step_min)
     actions = [a.name for a in request.actions]
-    found, left_out = foresight.paths(sorted(names), request.horizon_min, request.step_min, actions)
+    # Below the minimum interval a tool counts as new: the bundled model finds a new tool half
+    # as likely to fail as a 30-minute-old one, which would make any tool change pay for itself.
+    found, left_out = foresight.paths(
+        sorted(names), request.horizon_min, request.step_min, actions, request.min_interval_min
+    )
     if request.machines is not None and left_out:
         raise InvalidRequest("; ".join(left_out.values()))
     skipped = [{"machine": m, "reason": why} for m, why in left_out.items()]

@@ -103,14 +103,18 @@ def trajectories(
     horizon_min: float,
     step_min: float,
     window_min: float = WINDOW_MIN,
+    new_until_min: float = 0.0,
 ) -> list[Trajectory]:
     """One path per snapshot. The process model's points of every snapshot are scored together
-    (a scoring call has a fixed cost, so a fleet's plan makes one, not hundreds)."""
+    (a scoring call has a fixed cost, so a fleet's plan makes one, not hundreds). With
+    `new_until_min`, the process model reads a tool younger than that at that age: a plan's
+    minimum interval, below which a model's view of wear is not a reason for anything."""
     times = np.arange(0.0, horizon_min + step_min / 2, step_min)
     process = [i for i, snap in enumerate(snaps) if has_process_model(model, snap)]
     scored: dict[int, tuple[np.ndarray, int]] = {}
     if process:
-        paths = _process_paths(model, [snaps[i] for i in process], times, step_min)
+        chosen = [snaps[i] for i in process]
+        paths = _process_paths(model, chosen, times, step_min, new_until_min)
         scored = dict(zip(process, paths, strict=True))
     return [
         _process(*scored[i], snap, times, step_min, window_min)
@@ -130,7 +134,11 @@ def _points(snap: MachineSnapshot) -> dict[str, np.ndarray]:
 
 
 def _process_paths(
-    model: Predictor, snaps: list[MachineSnapshot], times: np.ndarray, step_min: float
+    model: Predictor,
+    snaps: list[MachineSnapshot],
+    times: np.ndarray,
+    step_min: float,
+    new_until_min: float = 0.0,
 ) -> list[tuple[np.ndarray, int]]:
     """Per snapshot, the model's chance that a process fails at every (step, recent point),
     the steps led by as many of the tool's past steps as its wear holds (from the fresh tool's
@@ -161,6 +169,7 @@ def _process_paths(
         wear_grid, load_grid = _wear_response(model, str(snap.type))
         lead = int(snap.values[WEAR] // step_min)  # the tool's past, in steps
         wear = snap.values[WEAR] + np.concatenate([-step_min * np.arange(lead, 0, -1), times])
+        wear = np.maximum(wear, new_until_min)  # younger, a tool counts as new
         load = np.interp(wear[:, None] * torque_nodes(c["torque_nm"]), LOAD_GRID, load_grid)
         logit = (
             base[start : start + n][None, :, None]

@@ -21,8 +21,10 @@ next plans' to decide.
 
 The minimum interval guards against a model's shape at low wear: the default AI4I model gives
 a fresh tool half the failure chance of a 30-minute-old one (a spline wiggle: in the AI4I
-process wear below ~200 min does not matter), and with failures 28 times dearer than a tool
-change that alone would have a plan change tools every hour.
+process wear below ~150 min does not matter), and with failures 28 times dearer than a tool
+change that alone would have a plan change tools every hour. The forecasts a plan reads take
+a tool younger than the minimum interval as new (`Foresight.paths`), so that the same wiggle
+does not make each fresh start look cheaper and every service come at the minimum interval.
 
 Reported costs are the expected costs of the horizon's work, for the plan and for two baselines
 costed in the same call with the same forecasts: run to failure (no service), and a fixed
