@@ -13,7 +13,7 @@ features stay as the history has them. Deterministic: no random start.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,9 @@ def advise(
     def distance(x: np.ndarray) -> np.ndarray:
         return np.asarray((((x - x0) / span) ** 2).sum(axis=-1))
 
+    def gradient(x: np.ndarray) -> np.ndarray:  # of the distance
+        return np.asarray(2 * (x - x0) / span**2)
+
     axes = [np.linspace(lo, hi, GRID[len(names)]) for lo, hi in zip(low, high, strict=True)]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(names))
     grid = np.vstack([np.clip(x0, low, high), grid])  # the nearest point in the box first
@@ -135,7 +138,7 @@ def advise(
         answer["result"] = now.public()
     elif len(feasible):
         best = grid[feasible[np.argmin(distance(grid[feasible]))]]
-        x = _refine(risk, x0, span, best, low, high, target)
+        x = _refine(risk, distance, gradient, best, low, high, target)
         change = {
             n: {
                 "from": float(x0[i]),
@@ -206,8 +209,8 @@ STEP = 1e-6  # the constraint's finite differences, in units of each signal's ra
 
 def _refine(
     risk: _Risk,
-    x0: Vector,
-    span: Vector,
+    distance: Callable[[Vector], np.ndarray],
+    gradient: Callable[[Vector], np.ndarray],
     best: Vector,
     low: Vector,
     high: Vector,
@@ -218,7 +221,7 @@ def _refine(
     The distance's gradient is exact, and the constraint and its finite differences are scored
     in one call per point: scoring has a fixed cost per call (a few ms), and where the risk has
     a cliff (the heat-dissipation edge) SLSQP iterates until its limit."""
-    h = STEP * span
+    h = STEP * (high - low)
     last: dict[bytes, Vector] = {}
 
     def at(x: Vector) -> Vector:
@@ -230,10 +233,7 @@ def _refine(
         return last[key]
 
     def objective(x: Vector) -> float:
-        return float((((x - x0) / span) ** 2).sum())
-
-    def gradient(x: Vector) -> Vector:
-        return np.asarray(2 * (x - x0) / span**2, dtype=np.float64)
+        return float(distance(x))
 
     def margin(x: Vector) -> Vector:
         return target - at(x)[:1]  # >= 0: at or under the target
