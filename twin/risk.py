@@ -33,7 +33,14 @@ from twin.model import (
     missing_signals,
     read_ai4i_csv,
 )
-from twin.model.fleet import Attributes, attributes_of, features, series, window_label
+from twin.model.fleet import (
+    Attributes,
+    attributes_of,
+    features,
+    machine_type,
+    series,
+    window_label,
+)
 from twin.model.predictor import ranked
 from twin.state import FleetState, MachineTwin
 
@@ -108,8 +115,7 @@ def model_row(
         missing = missing_signals(live)
         if missing:
             return Row(None, f"missing signals: {', '.join(missing)}")
-        kind = attributes.get("type")
-        return Row(feature_row(live, kind if isinstance(kind, str) else None))
+        return Row(feature_row(live, machine_type(attributes)))
     seen = history.seen_since(ts - spec.stale_ms)
     fresh = {s: live[s] for s in spec.signals if s in live and s in seen}
     absent = tuple(s for s in spec.signals if s not in fresh)

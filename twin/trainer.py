@@ -29,10 +29,12 @@ from twin.model.fleet import (
     FleetSpec,
     FleetTrainingError,
     Samples,
+    Series,
     blank_signals,
     build_pipeline,
     features,
     machine_split,
+    machine_type,
     samples,
     series,
     spec_from,
@@ -209,7 +211,7 @@ class Trainer:
         split = "grouped" if grouped is not None else "time"
         rows = grouped[1] if grouped is not None else test
         mine = grouped[0] if grouped is not None else candidate
-        active_metrics = self._measure(active, data, rows, stored) if active else None
+        active_metrics = self._measure(active, data, rows, stored, histories) if active else None
         better = active_metrics is None or (
             mine["average_precision"] >= active_metrics["average_precision"]
         )
@@ -352,19 +354,23 @@ class Trainer:
         return quality(data.y[test], p, threshold), test
 
     def _measure(
-        self, model: Predictor, data: Samples, test: np.ndarray, stored: dict[str, Any]
+        self,
+        model: Predictor,
+        data: Samples,
+        test: np.ndarray,
+        stored: dict[str, Any],
+        histories: dict[str, Series],
     ) -> dict[str, float] | None:
-        """The active model's quality on the held-out samples it can score; None if none."""
+        """The active model's quality on the held-out samples it can score; None if none.
+        `histories` are `stored` as `series` with each machine's attributes."""
         y = data.y[test]
         spec = model.fleet
         if spec is not None:
             X = np.empty((int(test.sum()), len(spec.names)))
             machines, times = data.machines[test], data.times[test]
             for machine in set(machines.tolist()):
-                h = stored[machine]
-                history = series(h.buckets, h.events, self.home.attributes(machine))
                 mine = machines == machine
-                X[mine] = features(spec, history, times[mine])
+                X[mine] = features(spec, histories[machine], times[mine])
         else:
             names = model.manifest["features"]
             rows, keep = [], []
@@ -373,8 +379,8 @@ class Trainer:
             ):
                 values = _latest_values(stored[machine], t, names[:5], self.bucket_ms)
                 if values is not None:
-                    kind = self.home.attributes(machine).get("type")
-                    rows.append(feature_row(values, kind if isinstance(kind, str) else None))
+                    kind = machine_type(histories[machine].attributes)
+                    rows.append(feature_row(values, kind))
                     keep.append(i)
             if not rows or len(set(y[keep])) < 2:
                 return None

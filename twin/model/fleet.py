@@ -213,6 +213,12 @@ def attributes_of(machine_type: str | None, properties: Mapping[str, object]) ->
     return out
 
 
+def machine_type(attributes: Attributes) -> str | None:
+    """The type among a machine's attributes, if it has one."""
+    kind = attributes.get("type")
+    return kind if isinstance(kind, str) else None
+
+
 class _RangeExtreme:
     """`fn` (np.minimum or np.maximum) of `values[:, first:upto]` along the buckets, for every
     signal at once, by a sparse table: O(S B log B) to build, one lookup per level used."""
@@ -326,7 +332,7 @@ def features(
                 since[seen] = (times[seen] - ts[through[seen] - 1]) / HOUR_MS
             columns.append(np.minimum(since, _NEVER_H)[:, None])
     if "attributes" in spec.families:
-        kind_of = data.attributes.get("type")
+        kind_of = machine_type(data.attributes)
         columns += [np.full((n_times, 1), float(kind_of == t)) for t in spec.types]
         for name in spec.numeric:
             value = data.attributes.get(name)
