@@ -119,39 +119,6 @@ def test_crew_capacity_is_never_exceeded(
         assert w["reason"]["expected_failures_avoided"] >= -1e-9  # never a service that adds
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.integers(2, 6), st.integers(3, 12), st.randoms(use_true_random=False))
-def test_with_crews_to_spare_the_plan_is_each_machine_planned_alone(
-    machines: int, slots: int, rng: Any
-) -> None:
-    """The crew limit is the only thing that ties machines together: where every machine's
-    best service fits the crews, the plan is those services, without the MILP; where two of
-    them overlap and one crew cannot serve both, the MILP decides."""
-    paths = []
-    for m in range(machines):
-        base = np.sort([rng.uniform(0, 0.5) for _ in range(slots)])
-        paths.append(
-            MachinePath(f"m{m}", "s1", base, {"a": base * rng.uniform(0, 0.5)}, rng.uniform(0, 300))
-        )
-    actions = [Action("a", 10.0 * rng.randint(1, 3))]
-    costs = Costs(rng.uniform(100, 10_000), rng.uniform(0, 500), rng.uniform(0, 500))
-    alone = [plan([p], actions, costs, 1, 10.0, 100.0) for p in paths]
-    want = sorted((w["machine"], w["start_min"]) for a in alone for w in a["windows"])
-    spare = plan(paths, actions, costs, machines, 10.0, 100.0)
-    assert sorted((w["machine"], w["start_min"]) for w in spare["windows"]) == want
-    total = sum(a["objective"]["total"] for a in alone)  # each rounded to the cent
-    assert spare["objective"]["total"] == pytest.approx(total, abs=0.01 * machines)
-    assert spare["solver"]["optimal"] is True
-    overlap = any(
-        a["start_min"] < b["end_min"] and b["start_min"] < a["end_min"]
-        for i, a in enumerate(spare["windows"])
-        for b in spare["windows"][i + 1 :]
-    )
-    tight = plan(paths, actions, costs, 1, 10.0, 100.0)
-    fits = bool(spare["windows"]) and not overlap  # else nothing to gain, or the MILP
-    assert ("crews suffice" in tight["solver"]["status"]) is fits
-
-
 # -- through the API, against a live twin ----------------------------------------------------
 
 

@@ -229,23 +229,6 @@ def _solve(model: _Model, crews: int) -> tuple[list[Service], dict[str, Any]]:
     info: dict[str, Any] = {"name": "milp (HiGHS)", "variables": len(services)}
     if not services:
         return [], {**info, "status": "nothing to gain from a service", "optimal": True}
-    # Without the crew limit each machine takes its best service alone; when those fit the
-    # crews they are the optimum, and the MILP (a minute and more at 1,000 machines) is not
-    # needed.
-    best: dict[int, int] = {}
-    for k, s in enumerate(services):
-        if s.machine not in best or deltas[k] < deltas[best[s.machine]]:
-            best[s.machine] = k
-    chosen = [services[k] for k in best.values()]
-    busy = np.zeros(model.slots, dtype=int)
-    for s in chosen:
-        busy[s.start : s.start + s.slots] += 1
-    if busy.max() <= crews:
-        return chosen, {
-            **info,
-            "status": "each machine's best service: the crews suffice",
-            "optimal": True,
-        }
     n = len(services)
     machines = sorted({s.machine for s in services})
     row_of = {m: i for i, m in enumerate(machines)}
