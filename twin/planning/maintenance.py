@@ -249,7 +249,10 @@ def _solve(model: _Model, crews: int) -> tuple[list[Service], dict[str, Any]]:
         integrality=np.ones(n, dtype=np.int8),
         bounds=Bounds(np.zeros(n), np.ones(n)),
         constraints=LinearConstraint(A, -np.inf, upper),
-        options={"time_limit": MILP_TIME_LIMIT_S, "disp": False},
+        # No presolve: on 1,000 machines (42,000 binaries) HiGHS's presolve took 87 s, past the
+        # time limit it does not check, where the solve without it takes 0.7 s to the same
+        # optimum (the LP relaxation of this assignment is integral in practice).
+        options={"time_limit": MILP_TIME_LIMIT_S, "disp": False, "presolve": False},
     )
     info.update(status=result.message, optimal=result.status == 0)
     if result.x is None:
